@@ -1,0 +1,110 @@
+"""The FRKD loss (DESIGN §3): pseudo-knowledge filter, prototypes, intra/inter terms, coordinate
+mask, one weighted feature MSE, and fg-weighted pixel KD.
+
+Shapes: f_s = φ(F_S) and f_t are B×C_t×H×W, z_t/z_s B×K×H×W, y B×H×W labels at the feature size.
+The ops come from ``frkd_kernels`` or from an ``ops`` namespace with the same functional API.
+Teacher-only quantities (entropy, masks, teacher prototypes and maps) are computed under no_grad.
+"""
+from __future__ import annotations
+
+from types import ModuleType, SimpleNamespace
+
+import torch
+
+import frkd_kernels
+
+from .relations import inter_term, intra_term
+
+TERMS = ("feat", "intra", "inter")
+
+
+def valid_pixels(y: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """B×H×W bool: 0 <= y < K and y != ignore_index (the ops' rule)."""
+    return (y >= 0) & (y < num_classes) & (y != ignore_index)
+
+
+def pseudo_knowledge_filter(z_t, y, *, num_classes: int, ignore_index: int = 255, tau: float | None = None,
+                            pseudo_filter: bool = True, fgbg: bool = True, ops=None):
+    """Split pixels by the teacher's reliability (DESIGN §3.1). z_t B×K×H×W, y B×H×W.
+
+    pseudo = valid ∧ pred ≠ y (dropped; none with ``pseudo_filter=False``);
+    fg = valid ∧ ¬pseudo ∧ entropy ≤ τ_b (τ_b = mean entropy over the valid pixels of image b,
+    all its pixels when none is valid, or the fixed ``tau``); bg = ¬pseudo ∧ ¬fg.
+    With ``fgbg=False`` there is no split: fg = ¬pseudo, bg = ∅.
+    Returns (valid, fg, bg), B×H×W bool, without grad.
+    """
+    ops = frkd_kernels if ops is None else ops
+    with torch.no_grad():
+        valid = valid_pixels(y, num_classes, ignore_index)
+        entropy, pred = ops.teacher_entropy(z_t.detach(), 1.0)
+        pseudo = valid & (pred != y) if pseudo_filter else torch.zeros_like(valid)
+        if not fgbg:
+            return valid, ~pseudo, torch.zeros_like(valid)
+        if tau is None:
+            n_valid = valid.flatten(1).sum(1)
+            valid_mean = torch.where(valid, entropy, 0.0).flatten(1).sum(1) / n_valid.clamp_min(1)
+            threshold = torch.where(n_valid > 0, valid_mean, entropy.flatten(1).mean(1))[:, None, None]
+        else:
+            threshold = tau
+        fg = valid & ~pseudo & (entropy <= threshold)
+        return valid, fg, ~pseudo & ~fg
+
+
+def share(mask: torch.Tensor) -> torch.Tensor:
+    """mask B×H×W bool -> float32 mask / max(1, Σ mask)."""
+    m = mask.to(torch.float32)
+    return m / m.sum().clamp_min(1)
+
+
+def masked_terms(f_s, f_t, y, valid, fg, bg, *, num_classes: int, ignore_index: int = 255, alpha: float = 1.0,
+                 beta: float = 0.25, gamma: float = 1.0, delta: float = 0.0, ifv_cirkd_mean: bool = False,
+                 coord_mask: bool = True, wanted=TERMS, ops=None) -> dict[str, torch.Tensor]:
+    """DESIGN §3 steps 2-6 given the filter's masks; computes only the ``wanted`` terms (unweighted).
+
+    ``coord_mask=False`` drops the margin test: coord = valid ∧ fg.
+    """
+    unknown = set(wanted) - set(TERMS)
+    if unknown:
+        raise ValueError(f"masked_terms: wanted must be a subset of {TERMS}, got {sorted(unknown)}")
+    ops = frkd_kernels if ops is None else ops
+    f_t = f_t.detach()
+    need_coord = "feat" in wanted and gamma != 0
+    need_maps_t = "intra" in wanted or (need_coord and coord_mask)
+    need_student = "intra" in wanted or "inter" in wanted
+    with torch.no_grad():
+        if need_maps_t or "inter" in wanted:
+            protos_t, counts = ops.prototype_pool(f_t, y, num_classes, ignore_index)
+        if need_maps_t:
+            intra_t, inter_t = ops.class_distance_maps(f_t, y, protos_t, counts, ignore_index)
+    if need_student:
+        protos_s, counts_s = ops.prototype_pool(f_s, y, num_classes, ignore_index)
+    terms = {}
+    if "feat" in wanted:
+        with torch.no_grad():
+            weight = alpha * share(fg) + beta * share(bg)
+            if need_coord:
+                coord = valid & fg
+                if coord_mask:
+                    coord = coord & (intra_t - inter_t > delta)
+                weight = weight + gamma * share(coord)
+        terms["feat"] = ops.masked_feature_mse(f_s, f_t, weight)
+    if "intra" in wanted:
+        intra_s, _ = ops.class_distance_maps(f_s, y, protos_s, counts_s, ignore_index)
+        terms["intra"] = intra_term(intra_s, intra_t, valid, ifv_cirkd_mean)
+    if "inter" in wanted:
+        terms["inter"] = inter_term(protos_s, protos_t, counts)
+    return terms
+
+
+def feature_terms(f_s, f_t, z_t, y, *, num_classes: int, ignore_index: int = 255, alpha: float = 1.0,
+                  beta: float = 0.25, gamma: float = 1.0, delta: float = 0.0, tau: float | None = None,
+                  ifv_cirkd_mean: bool = False, ops: ModuleType | SimpleNamespace | None = None) -> dict[str, torch.Tensor]:
+    """Unweighted ``feat``, ``intra``, ``inter`` terms of DESIGN §3 steps 1-6.
+
+    f_s = φ(F_S) B×C_t×H×W (grad flows), f_t B×C_t×H×W and z_t B×K×H×W teacher (no grad),
+    y B×H×W labels at H×W. ``ops``: namespace with the functional API, default ``frkd_kernels``.
+    """
+    valid, fg, bg = pseudo_knowledge_filter(z_t, y, num_classes=num_classes, ignore_index=ignore_index,
+                                            tau=tau, ops=ops)
+    return masked_terms(f_s, f_t, y, valid, fg, bg, num_classes=num_classes, ignore_index=ignore_index,
+                        alpha=alpha, beta=beta, gamma=gamma, delta=delta, ifv_cirkd_mean=ifv_cirkd_mean, ops=ops)
