@@ -10,17 +10,15 @@ from __future__ import annotations
 from types import ModuleType, SimpleNamespace
 
 import torch
+import torch.nn as nn
 
 import frkd_kernels
 
+from .base import DistillationLoss, check_same_grid, valid_pixels
+from .logits import channel_wise_kd, pixel_kd
 from .relations import inter_term, intra_term
 
 TERMS = ("feat", "intra", "inter")
-
-
-def valid_pixels(y: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """B×H×W bool: 0 <= y < K and y != ignore_index (the ops' rule)."""
-    return (y >= 0) & (y < num_classes) & (y != ignore_index)
 
 
 def pseudo_knowledge_filter(z_t, y, *, num_classes: int, ignore_index: int = 255, tau: float | None = None,
@@ -108,3 +106,51 @@ def feature_terms(f_s, f_t, z_t, y, *, num_classes: int, ignore_index: int = 255
                                             tau=tau, ops=ops)
     return masked_terms(f_s, f_t, y, valid, fg, bg, num_classes=num_classes, ignore_index=ignore_index,
                         alpha=alpha, beta=beta, gamma=gamma, delta=delta, ifv_cirkd_mean=ifv_cirkd_mean, ops=ops)
+
+
+class FRKDLoss(DistillationLoss):
+    """``frkd``: λ_feat·L_feat + λ_intra·L_intra + λ_inter·L_inter + λ_kd·L_kd(fg) + λ_cwd·L_cwd (DESIGN §3).
+
+    Terms with λ = 0 are neither computed nor returned. φ (1×1 conv C_s -> C_t, no bias) maps the
+    student feature for the feature, intra and inter terms. Ablations: ``no_pseudo_filter`` keeps
+    pseudo-knowledge pixels, ``no_fgbg`` weights every kept pixel alike (fg = ¬pseudo, no entropy
+    split), ``no_coord_mask`` drops the margin test (coord = valid ∧ fg).
+    """
+
+    def __init__(self, *, lambda_feat: float = 1.0, lambda_intra: float = 20.0, lambda_inter: float = 20.0,
+                 lambda_kd: float = 1.0, lambda_cwd: float = 0.0, kd_temperature: float = 1.0,
+                 cwd_temperature: float = 4.0, frkd_alpha: float = 1.0, frkd_beta: float = 0.25,
+                 frkd_gamma: float = 1.0, frkd_delta: float = 0.0, tau: float | None = None,
+                 ifv_cirkd_mean: bool = False, no_pseudo_filter: bool = False, no_fgbg: bool = False,
+                 no_coord_mask: bool = False, **common):
+        super().__init__(**common)
+        self.lambdas = {"feat": lambda_feat, "intra": lambda_intra, "inter": lambda_inter}
+        self.lambda_kd, self.lambda_cwd = lambda_kd, lambda_cwd
+        self.kd_temperature, self.cwd_temperature = kd_temperature, cwd_temperature
+        self.weights = dict(alpha=frkd_alpha, beta=frkd_beta, gamma=frkd_gamma, delta=frkd_delta)
+        self.tau, self.ifv_cirkd_mean = tau, ifv_cirkd_mean
+        self.pseudo_filter, self.fgbg, self.coord_mask = not no_pseudo_filter, not no_fgbg, not no_coord_mask
+        self.wanted = tuple(name for name in TERMS if self.lambdas[name] != 0)
+        if self.wanted:
+            self.phi = nn.Conv2d(common["student_channels"], common["teacher_channels"], 1, bias=False)
+
+    def forward(self, student, teacher, labels) -> dict[str, torch.Tensor]:
+        check_same_grid(student_feat=student.feat, teacher_feat=teacher.feat,
+                        student_logits=student.logits, teacher_logits=teacher.logits)
+        out = {}
+        if self.wanted or self.lambda_kd != 0:
+            y = self.labels_at(labels, student.feat)
+            valid, fg, bg = pseudo_knowledge_filter(
+                teacher.logits, y, num_classes=self.num_classes, ignore_index=self.ignore_index, tau=self.tau,
+                pseudo_filter=self.pseudo_filter, fgbg=self.fgbg)
+        if self.wanted:
+            terms = masked_terms(self.phi(student.feat), teacher.feat, y, valid, fg, bg,
+                                 num_classes=self.num_classes, ignore_index=self.ignore_index,
+                                 ifv_cirkd_mean=self.ifv_cirkd_mean, coord_mask=self.coord_mask,
+                                 wanted=self.wanted, **self.weights)
+            out.update({name: self.lambdas[name] * value for name, value in terms.items()})
+        if self.lambda_kd != 0:
+            out["kd"] = self.lambda_kd * pixel_kd(student.logits, teacher.logits, self.kd_temperature, weight=fg)
+        if self.lambda_cwd != 0:
+            out["cwd"] = self.lambda_cwd * channel_wise_kd(student.logits, teacher.logits, self.cwd_temperature)
+        return out

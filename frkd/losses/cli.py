@@ -1,0 +1,62 @@
+"""Command-line flags of the distillation losses (CIRKD-compatible names) and their mapping to
+``build_loss`` options.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .registry import LOSSES, option_names
+
+# (flags, dest, type, help); a flag left unset (None / False) takes the method's default.
+VALUE_FLAGS = (
+    (("--lambda-kd",), "lambda_kd", float, "pixel-wise KD weight (default: kd 1, frkd 1)"),
+    (("--lambda-cwd",), "lambda_cwd", float, "channel-wise distillation weight (default: cwd 3, frkd 0)"),
+    (("--lambda-feat",), "lambda_feat", float, "FRKD masked feature MSE weight (default 1)"),
+    (("--lambda-intra", "--lambda-ifv"), "lambda_intra", float, "intra-class (IFV) weight (default: ifvd 20, frkd 20)"),
+    (("--lambda-inter", "--lambda-idd"), "lambda_inter", float, "inter-class (IDD) weight (default: idd 20, frkd 20)"),
+    (("--lambda-fitnet",), "lambda_fitnet", float, "FitNet feature MSE weight (default 1)"),
+    (("--kd-temperature",), "kd_temperature", float, "pixel KD temperature (default 1)"),
+    (("--cwd-temperature",), "cwd_temperature", float, "CWD temperature (default 4)"),
+    (("--frkd-alpha",), "frkd_alpha", float, "FRKD foreground feature weight α (default 1)"),
+    (("--frkd-beta",), "frkd_beta", float, "FRKD background feature weight β (default 0.25)"),
+    (("--frkd-gamma",), "frkd_gamma", float, "FRKD coordinate-mask feature weight γ (default 1)"),
+    (("--frkd-delta",), "frkd_delta", float, "FRKD coordinate-mask margin δ (default 0)"),
+    (("--tau",), "tau", float, "fixed teacher-entropy threshold in [0, 1] (default: per-image mean)"),
+)
+SWITCH_FLAGS = (
+    ("--ifv-cirkd-mean", "ifv_cirkd_mean", "FRKD intra term divided by B·H·W as CIRKD (default: by #valid)"),
+    ("--no-pseudo-filter", "no_pseudo_filter", "FRKD ablation: keep pixels where the teacher is wrong"),
+    ("--no-fgbg", "no_fgbg", "FRKD ablation: one uniform feature weight instead of the fg/bg split"),
+    ("--no-coord-mask", "no_coord_mask", "FRKD ablation: coordinate term on every fg pixel (no margin test)"),
+)
+
+
+def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--method`` and the loss flags (CIRKD names; unset flags take the method's defaults)."""
+    group = parser.add_argument_group("distillation loss")
+    group.add_argument("--method", default="frkd", choices=tuple(LOSSES), help="distillation method (default frkd)")
+    for flags, dest, kind, text in VALUE_FLAGS:
+        group.add_argument(*flags, dest=dest, type=kind, default=None, help=text)
+    for flag, dest, text in SWITCH_FLAGS:
+        group.add_argument(flag, dest=dest, action="store_true", help=text)
+    return parser
+
+
+def loss_options(args: argparse.Namespace) -> dict:
+    """The ``build_loss`` options for ``args.method`` from the flags that were set.
+
+    Raises ValueError naming the flag when a set flag does not apply to the method.
+    """
+    accepted = option_names(args.method)
+    flags = [(f[0][0], f[1]) for f in VALUE_FLAGS] + [(f[0], f[1]) for f in SWITCH_FLAGS]
+    options = {}
+    for flag, dest in flags:
+        value = getattr(args, dest, None)
+        if value is None or value is False:
+            continue
+        if dest not in accepted:
+            usable = [f for f, d in flags if d in accepted]
+            raise ValueError(f"{flag} does not apply to --method {args.method}; "
+                             f"it takes {', '.join(usable) or 'no loss flags'}")
+        options[dest] = value
+    return options
