@@ -1,0 +1,281 @@
+"""Forward of every frkd op on every backend against the naive float64 oracle (tests/naive.py).
+
+Dtypes, memory layouts, mixed dtypes, awkward shapes and label encodings, output dtypes.
+Shapes stay tiny (B <= 2, C <= 24, H·W <= 60, K <= 6) so the Triton interpreter keeps up.
+"""
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import zlib
+
+import pytest
+import torch
+
+import frkd_kernels
+import naive
+from naive import FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, with_layout
+
+FLOAT64_BACKENDS = ("torch", "cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One input configuration shared by the four ops."""
+    B: int = 2
+    C: int = 5
+    H: int = 4
+    W: int = 7
+    K: int = 4
+    label_dtype: torch.dtype = torch.int64
+    ignore_index: int = 255
+    all_ignored_image: bool = False
+    zero_pixels: bool = False
+
+
+STANDARD = Case()
+AWKWARD_SHAPES = {
+    "K1": Case(K=1),
+    "B1": Case(B=1),
+    "largest": Case(C=24, H=6, W=10, K=6),
+    "single_row": Case(C=3, H=1, W=11, K=5),
+    "single_column": Case(B=1, C=7, H=5, W=1, K=2),
+}
+AWKWARD_LABELS = {  # only the ops that read labels (or feature norms) see a difference
+    "all_ignored_image": Case(all_ignored_image=True),
+    "uint8_labels": Case(label_dtype=torch.uint8),
+    "int32_labels": Case(label_dtype=torch.int32),
+    "ignore_index_inside_classes": Case(ignore_index=2),
+    "zero_feature_pixels": Case(zero_pixels=True),
+}
+FRESH_SEEDS = [secrets.randbelow(2**31) for _ in range(3)]  # new each run; the test id shows them
+
+
+def _seed(*key) -> int:
+    return zlib.crc32(repr(key).encode())
+
+
+def _inputs(case: Case, seed: int, dtype=torch.float32, device="cpu"):
+    """(feat, labels) for a case, on device."""
+    gen = torch.Generator().manual_seed(seed)
+    feat = random_feat(gen, case.B, case.C, case.H, case.W, dtype=dtype, zero_pixels=case.zero_pixels)
+    labels = random_labels(gen, case.B, case.H, case.W, case.K, case.label_dtype, case.ignore_index)
+    if case.all_ignored_image:
+        labels[-1] = case.ignore_index
+    return feat.to(device), labels.to(device)
+
+
+def _random_protos(gen, counts: torch.Tensor, C: int, dtype=torch.float32) -> torch.Tensor:
+    """Random B×K×C prototypes, exactly zero for classes with count 0 (as prototype_pool gives)."""
+    protos = torch.randn(*counts.shape, C, generator=gen, dtype=torch.float64)
+    return (protos * (counts > 0)[:, :, None]).to(dtype)
+
+
+def _skip_unsupported(backend: str, *dtypes: torch.dtype):
+    if torch.float64 in dtypes and backend not in FLOAT64_BACKENDS:
+        pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (DESIGN §2)")
+
+
+def _stat_dtype(*dtypes):
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _check_stat(out: torch.Tensor, expected: torch.Tensor, stat_dtype, what: str):
+    assert out.dtype == stat_dtype, f"{what}: expected {stat_dtype}, got {out.dtype}"
+    assert out.shape == expected.shape, f"{what}: expected shape {tuple(expected.shape)}, got {tuple(out.shape)}"
+    assert out.is_contiguous(), f"{what}: outputs must be contiguous"
+    assert_close(out, expected, what=what)
+
+
+# --- runners: call one op under a backend and compare with the oracle -------------------------
+
+def run_prototype_pool(backend, device, case, seed, dtype=torch.float32, layout="contiguous"):
+    feat, labels = _inputs(case, seed, dtype, device)
+    with frkd_kernels.use_backend(backend):
+        protos, counts = frkd_kernels.prototype_pool(with_layout(feat, layout), with_layout(labels, layout),
+                                                     case.K, case.ignore_index)
+    want_protos, want_counts = naive.prototype_pool(feat, labels, case.K, case.ignore_index)
+    _check_stat(counts, want_counts, _stat_dtype(dtype), "counts")
+    _check_stat(protos, want_protos, _stat_dtype(dtype), "protos")
+
+
+def run_class_distance_maps(backend, device, case, seed, dtype=torch.float32, layout="contiguous",
+                            protos_dtype=None):
+    protos_dtype = protos_dtype or dtype
+    feat, labels = _inputs(case, seed, dtype, device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    counts = naive.prototype_pool(feat, labels, case.K, case.ignore_index)[1].to(_stat_dtype(dtype))
+    protos = _random_protos(gen, counts, case.C, protos_dtype)
+    counts, protos = counts.to(device), protos.to(device)
+    with frkd_kernels.use_backend(backend):
+        intra, inter = frkd_kernels.class_distance_maps(
+            with_layout(feat, layout), with_layout(labels, layout), with_layout(protos, layout),
+            with_layout(counts[:, :, None], layout)[:, :, 0], case.ignore_index)
+    want_intra, want_inter, _ = naive.class_distance_maps(feat, labels, protos, counts, case.ignore_index)
+    stat = _stat_dtype(dtype, protos_dtype)
+    _check_stat(intra, want_intra, stat, "intra")
+    _check_stat(inter, want_inter, stat, "inter")
+
+
+def run_masked_feature_mse(backend, device, case, seed, dtype=torch.float32, layout="contiguous",
+                           teacher_dtype=None, weight_dtype=torch.float32):
+    teacher_dtype = teacher_dtype or dtype
+    gen = torch.Generator().manual_seed(seed)
+    shape = (case.B, case.C, case.H, case.W)
+    student = random_feat(gen, *shape, dtype=dtype).to(device)
+    teacher = random_feat(gen, *shape, dtype=teacher_dtype).to(device)
+    weight = torch.rand(case.B, case.H, case.W, generator=gen, dtype=torch.float64)
+    weight = (weight * (weight > 0.3)).to(weight_dtype).to(device)
+    with frkd_kernels.use_backend(backend):
+        loss = frkd_kernels.masked_feature_mse(with_layout(student, layout), with_layout(teacher, layout),
+                                               with_layout(weight, layout))
+    _check_stat(loss, naive.masked_feature_mse(student, teacher, weight),
+                _stat_dtype(dtype, teacher_dtype, weight_dtype), "loss")
+
+
+def run_teacher_entropy(backend, device, case, seed, dtype=torch.float32, layout="contiguous", temperature=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = (3 * random_feat(gen, case.B, case.K, case.H, case.W, dtype=torch.float64)).to(dtype).to(device)
+    with frkd_kernels.use_backend(backend):
+        entropy, pred = frkd_kernels.teacher_entropy(with_layout(logits, layout), temperature)
+    want_entropy, want_pred = naive.teacher_entropy(logits, temperature)
+    _check_stat(entropy, want_entropy, _stat_dtype(dtype), "entropy")
+    assert pred.dtype == torch.int64, f"pred: expected int64, got {pred.dtype}"
+    assert torch.equal(pred.cpu(), want_pred), "pred: arg-max differs from the oracle (ties: lowest k)"
+
+
+RUNNERS = {
+    "prototype_pool": run_prototype_pool,
+    "class_distance_maps": run_class_distance_maps,
+    "masked_feature_mse": run_masked_feature_mse,
+    "teacher_entropy": run_teacher_entropy,
+}
+
+
+# --- tests ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES + (torch.float64,), ids=str)
+@pytest.mark.parametrize("op", RUNNERS)
+def test_matches_naive(backend_device, op, dtype, layout):
+    backend, device = backend_device
+    _skip_unsupported(backend, dtype)
+    RUNNERS[op](backend, device, STANDARD, _seed(op, dtype, layout), dtype=dtype, layout=layout)
+
+
+@pytest.mark.parametrize("case", AWKWARD_SHAPES)
+@pytest.mark.parametrize("op", RUNNERS)
+def test_awkward_shapes(backend_device, op, case):
+    backend, device = backend_device
+    RUNNERS[op](backend, device, AWKWARD_SHAPES[case], _seed(op, case))
+
+
+@pytest.mark.parametrize("case", AWKWARD_LABELS)
+@pytest.mark.parametrize("op", ("prototype_pool", "class_distance_maps"))
+def test_awkward_labels(backend_device, op, case):
+    backend, device = backend_device
+    RUNNERS[op](backend, device, AWKWARD_LABELS[case], _seed(op, case))
+
+
+@pytest.mark.parametrize("seed", FRESH_SEEDS)
+@pytest.mark.parametrize("op", RUNNERS)
+def test_fresh_seeds(backend_device, op, seed):
+    backend, device = backend_device
+    RUNNERS[op](backend, device, Case(C=9, H=5, W=6, K=5), seed)
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "sliced"))
+@pytest.mark.parametrize("feat_dtype", (torch.bfloat16, torch.float16), ids=str)
+def test_class_distance_maps_low_precision_feat_fp32_protos(backend_device, feat_dtype, layout):
+    backend, device = backend_device
+    run_class_distance_maps(backend, device, STANDARD, 7, feat_dtype, layout, protos_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("student_dtype", (torch.bfloat16, torch.float16), ids=str)
+def test_masked_feature_mse_low_precision_student_fp32_teacher(backend_device, student_dtype, layout):
+    backend, device = backend_device
+    run_masked_feature_mse(backend, device, STANDARD, 11, student_dtype, layout, teacher_dtype=torch.float32)
+
+
+def test_masked_feature_mse_float64_weight(backend_device):
+    backend, device = backend_device
+    _skip_unsupported(backend, torch.float64)
+    run_masked_feature_mse(backend, device, STANDARD, 13, weight_dtype=torch.float64)
+
+
+def test_prototype_pool_absent_and_ignored_are_exact(backend_device):
+    """Absent classes: protos exactly 0 and counts 0; an all-ignored image: all zeros."""
+    backend, device = backend_device
+    case = Case(K=5, all_ignored_image=True)
+    feat, labels = _inputs(case, 3, device=device)
+    labels[0][labels[0] == 3] = case.ignore_index
+    with frkd_kernels.use_backend(backend):
+        protos, counts = frkd_kernels.prototype_pool(feat, labels, case.K)
+    assert counts[0, 3] == 0 and counts[0, 4] == 0
+    assert torch.count_nonzero(protos[0, 3:]) == 0
+    assert torch.count_nonzero(counts[-1]) == 0 and torch.count_nonzero(protos[-1]) == 0
+
+
+def test_class_distance_maps_conventions(backend_device):
+    """Ignored pixels: intra 1, inter -1; a single present class: inter -1 everywhere."""
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(5)
+    feat = random_feat(gen, 1, 4, 3, 5).to(device)
+    labels = torch.full((1, 3, 5), 2, dtype=torch.int64)
+    labels[0, 0] = 255
+    labels[0, 1, :2] = 9  # outside [0, K)
+    labels = labels.to(device)
+    counts = torch.tensor([[0.0, 0.0, 9.0, 0.0]], device=device)
+    protos = torch.zeros(1, 4, 4, device=device)
+    protos[0, 2] = torch.randn(4, generator=gen).to(device)
+    with frkd_kernels.use_backend(backend):
+        intra, inter = frkd_kernels.class_distance_maps(feat, labels, protos, counts)
+    ignored = labels.cpu() != 2
+    assert torch.all(intra.cpu()[ignored] == 1)
+    assert torch.all(inter.cpu() == -1)
+    assert torch.all(intra.cpu()[~ignored].abs() <= 1 + 1e-6)
+
+
+def test_class_distance_maps_inter_ties_pick_a_tied_value(backend_device):
+    """Two identical prototypes: inter equals their shared cosine."""
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(8)
+    feat = random_feat(gen, 1, 6, 2, 3).to(device)
+    labels = torch.zeros(1, 2, 3, dtype=torch.int64, device=device)
+    protos = torch.randn(1, 3, 6, generator=gen).to(device)
+    protos[0, 2] = protos[0, 1]
+    counts = torch.ones(1, 3, device=device)
+    with frkd_kernels.use_backend(backend):
+        _, inter = frkd_kernels.class_distance_maps(feat, labels, protos, counts)
+    assert_close(inter, naive.class_distance_maps(feat, labels, protos, counts)[1], what="inter")
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_teacher_entropy_ties_take_lowest_class(backend_device, dtype):
+    backend, device = backend_device
+    logits = torch.tensor([[2.0, 5.0, 5.0, 1.0], [7.0, 7.0, 7.0, 7.0]]).T.reshape(1, 4, 1, 2).to(dtype).to(device)
+    with frkd_kernels.use_backend(backend):
+        entropy, pred = frkd_kernels.teacher_entropy(logits)
+    assert pred.cpu().tolist() == [[[1, 0]]]
+    assert abs(float(entropy[0, 0, 1]) - 1.0) < 1e-5, "uniform logits have entropy 1"
+
+
+@pytest.mark.parametrize("gap", (50.0, 1e4))
+def test_teacher_entropy_stable_for_large_logit_gaps(backend_device, gap):
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 6, 3, 4, generator=gen)
+    logits[:, 3] += gap
+    with frkd_kernels.use_backend(backend):
+        entropy, pred = frkd_kernels.teacher_entropy(logits.to(device), temperature=0.5)
+    assert torch.isfinite(entropy).all(), "entropy must stay finite for large logit gaps"
+    assert (entropy >= 0).all() and (entropy <= 1).all()
+    assert torch.all(pred == 3)
+    assert float(entropy.max()) < 1e-3, "a near one-hot softmax has entropy ~0"
+
+
+@pytest.mark.parametrize("temperature", (0.25, 4.0))
+def test_teacher_entropy_temperature(backend_device, temperature):
+    backend, device = backend_device
+    run_teacher_entropy(backend, device, Case(K=6), 21, temperature=temperature)
