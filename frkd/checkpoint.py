@@ -1,0 +1,58 @@
+"""Atomic checkpoint files and the RNG state needed for an exact resume."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict:
+    """Snapshot of the python, numpy, torch (CPU) and CUDA generators."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores a snapshot taken by ``rng_state``."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: dict, path: str) -> None:
+    """Writes ``obj`` with torch.save to a temp file in the same folder, then os.replace()s it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path: str, map_location="cpu") -> dict:
+    """Loads a checkpoint written by ``save_atomic`` (full pickle: RNG states are numpy/python objects)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def model_state(checkpoint: dict) -> dict:
+    """The model weights of a frkd checkpoint, or the dict itself when it is a bare state_dict."""
+    state = checkpoint.get("model", checkpoint)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError("checkpoint holds neither a frkd checkpoint ('model' key) nor a state_dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}

@@ -1,0 +1,313 @@
+"""The training loop shared by the teacher phase (method none) and the distillation phase.
+
+One iteration: poly LR, student forward (+ frozen teacher forward under no_grad), CE on the
+upsampled logits + 0.4·CE(aux) + the distillation terms, a finite-loss check, backward (with a
+GradScaler for fp16), SGD step. Checkpoints hold everything needed for a bit-exact resume.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from . import checkpoint
+from .distributed import DistEnv, all_reduce_mean
+from .inference import evaluate
+from .run_log import MetricsLog
+from .sampling import IterationBatchSampler, SeededSamples, rank_shard
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUX_WEIGHT = 0.4
+IGNORE_INDEX = 255
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss term became NaN or inf; the message names the term and the iteration."""
+
+
+class TrainingStopped(Exception):
+    """The run stopped early (Ctrl-C, SIGTERM or --stop-at-iteration) after saving last.pt."""
+
+    def __init__(self, iteration: int, path: str, reason: str):
+        super().__init__(f"{reason}: stopped after iteration {iteration}; saved {path} "
+                         f"(continue with --resume auto)")
+        self.iteration, self.path, self.reason = iteration, path, reason
+
+
+def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float) -> float:
+    """base_lr · (1 − iteration / max_iterations)^power."""
+    return base_lr * (1.0 - iteration / max_iterations) ** power
+
+
+def task_terms(out, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """CE of the logits upsampled to the label size (B×H×W, 255 ignored), plus 0.4·CE of the aux logits."""
+    size = labels.shape[-2:]
+
+    def ce(logits):
+        up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        return F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX)
+
+    terms = {"ce": ce(out.logits)}
+    if out.aux is not None:
+        terms["aux_ce"] = AUX_WEIGHT * ce(out.aux)
+    return terms
+
+
+class StepModule(nn.Module):
+    """The trainable part of a step: the model and the distillation loss (its 1×1 conv φ).
+
+    One module so that DDP synchronises the gradients of both with one wrapper.
+    """
+
+    def __init__(self, model: nn.Module, distill: nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.distill = distill
+
+    def forward(self, images, labels, teacher_out):
+        out = self.model(images)
+        terms = task_terms(out, labels)
+        if self.distill is not None:
+            terms.update(self.distill(out, teacher_out, labels))
+        return terms
+
+
+class _StopSignal:
+    """Turns SIGINT/SIGTERM into a flag checked between iterations; a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.requested = None
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = "interrupted" if signum == signal.SIGINT else "terminated"
+
+    def __enter__(self):
+        if _in_main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _ignore_sigint_in_worker(_worker_id: int) -> None:
+    """Data workers leave Ctrl-C to the main process, which saves a checkpoint first."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+class Trainer:
+    """Trains ``model`` (with an optional frozen ``teacher`` and distillation loss) for one phase.
+
+    phase: "teacher" or "student" (names records and checkpoints); out_dir: where last.pt/best.pt go;
+    args: the parsed CLI namespace (lr, momentum, weight_decay, power, amp, batch_size, seed, workers,
+    log/val/save_per_iters, val_batch_size, eval_mode, crop_size, stop_at_iteration).
+    """
+
+    def __init__(self, *, phase: str, model: nn.Module, teacher: nn.Module | None, distill: nn.Module | None,
+                 train_set, val_set, num_classes: int, max_iterations: int, args, env: DistEnv, out_dir: str,
+                 log: MetricsLog, model_config: dict):
+        self.phase, self.args, self.env, self.out_dir, self.log = phase, args, env, out_dir, log
+        self.num_classes, self.max_iterations, self.model_config = num_classes, max_iterations, model_config
+        self.train_set, self.val_set = train_set, val_set
+        device = env.device
+        if env.distributed and device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device)
+        self.distill = distill.to(device) if distill is not None else None
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.to(device).eval().requires_grad_(False)
+        step = StepModule(self.model, self.distill)
+        self.step = DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None) \
+            if env.distributed else step
+        params = [p for p in step.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        self.amp_dtype = AMP_DTYPES[args.amp]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+        self.iteration = 0
+        self.best_miou = -math.inf
+        self.last_eval = None
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        rng = checkpoint.rng_state()
+        if self.env.distributed:
+            per_rank = [None] * self.env.world_size
+            dist.all_gather_object(per_rank, rng)
+        else:
+            per_rank = [rng]
+        return {
+            "phase": self.phase, "iteration": self.iteration, "max_iterations": self.max_iterations,
+            "model": self.model.state_dict(), "model_config": self.model_config,
+            "loss": self.distill.state_dict() if self.distill is not None else {},
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "best_miou": self.best_miou, "last_eval": self.last_eval, "rng": per_rank,
+            "data": {"seed": self.args.seed, "global_batch": self.args.batch_size, "position":
+                     self.iteration * self.args.batch_size},
+            "args": vars(self.args),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("phase") != self.phase:
+            raise ValueError(f"resume: checkpoint is from the {state.get('phase')!r} phase, expected {self.phase!r}")
+        if state["data"]["global_batch"] != self.args.batch_size:
+            raise ValueError(f"resume: checkpoint used --batch-size {state['data']['global_batch']}, "
+                             f"this run has {self.args.batch_size}; the data order would differ")
+        self.model.load_state_dict(state["model"])
+        if self.distill is not None:
+            self.distill.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.best_miou, self.last_eval = state["iteration"], state["best_miou"], state["last_eval"]
+        rng = state["rng"]
+        checkpoint.set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
+
+    def save(self, name: str) -> str:
+        """Writes <out_dir>/<name> from rank 0 (all ranks must call: RNG states are gathered)."""
+        path = os.path.join(self.out_dir, name)
+        state = self.state_dict()
+        if self.env.is_main:
+            checkpoint.save_atomic(state, path)
+        return path
+
+    # ---------------------------------------------------------------- data
+    def _train_loader(self) -> DataLoader:
+        sampler = IterationBatchSampler(len(self.train_set), self.args.batch_size, self.env.rank,
+                                        self.env.world_size, self.args.seed, self.iteration, self.max_iterations)
+        return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler, num_workers=self.args.workers,
+                          pin_memory=self.env.device.type == "cuda", generator=torch.Generator(),
+                          worker_init_fn=_ignore_sigint_in_worker if self.args.workers else None)
+
+    def _val_loader(self) -> DataLoader:
+        shard = Subset(self.val_set, rank_shard(len(self.val_set), self.env.rank, self.env.world_size))
+        return DataLoader(shard, batch_size=self.args.val_batch_size, shuffle=False, num_workers=self.args.workers,
+                          pin_memory=self.env.device.type == "cuda", generator=torch.Generator())
+
+    # ---------------------------------------------------------------- loop
+    def evaluate(self) -> dict:
+        result = evaluate(self.model, self._val_loader(), self.num_classes, self.env.device,
+                          amp_dtype=self.amp_dtype, ignore_index=IGNORE_INDEX, mode=self.args.eval_mode,
+                          crop=self.args.crop_size)
+        self.last_eval = result
+        self.log.write({"phase": self.phase, "iteration": self.iteration, **result})
+        return result
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.amp_dtype)
+
+    def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        local_bad = not bool(torch.isfinite(loss.detach()))
+        if not _any_rank(local_bad, self.env.device):
+            return
+        at = f"at iteration {self.iteration + 1} ({self.phase} phase)"
+        for name, value in terms.items():
+            v = value.detach().float()
+            if not bool(torch.isfinite(v)):
+                raise NonFiniteLoss(f"loss term '{name}' is {v.item()} {at}; stopping "
+                                    f"(last good checkpoint: {os.path.join(self.out_dir, 'last.pt')}). "
+                                    "Try a lower --lr, --amp none or other loss weights.")
+        raise NonFiniteLoss(f"the loss is non-finite on another rank {at}; stopping")
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        lr = poly_lr(self.args.lr, self.iteration, self.max_iterations, self.args.power)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self._autocast():
+            teacher_out = None
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_out = self.teacher(images)
+            terms = self.step(images, labels, teacher_out)
+        loss = sum(t.float() for t in terms.values())
+        self._check_finite(loss, terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.iteration += 1
+        return {**{k: v.detach().float() for k, v in terms.items()}, "loss": loss.detach()}
+
+    def _log_window(self, sums: dict, count: int, lr: float, started: float, start_iteration: int) -> None:
+        means = all_reduce_mean({k: v / count for k, v in sums.items()})
+        elapsed = time.time() - started
+        self.log.write({"phase": self.phase, "iteration": self.iteration, "lr": lr, **means,
+                        "it_per_s": (self.iteration - start_iteration) / max(elapsed, 1e-9)})
+
+    def _stop(self, reason: str):
+        path = self.save("last.pt")
+        raise TrainingStopped(self.iteration, path, reason)
+
+    def fit(self) -> dict:
+        """Trains up to max_iterations (from self.iteration); returns the final evaluation."""
+        a = self.args
+        self.model.train()
+        if self.iteration >= self.max_iterations:
+            return self.last_eval or self.evaluate()
+        start_iteration, started = self.iteration, time.time()
+        sums, count = defaultdict(float), 0
+        bar = tqdm(total=self.max_iterations, initial=self.iteration, desc=self.phase, dynamic_ncols=True,
+                   disable=not self.env.is_main, mininterval=1.0)
+        with _StopSignal() as stop, bar:
+            batches = iter(self._train_loader())
+            while self.iteration < self.max_iterations:
+                if _any_rank(stop.requested is not None, self.env.device):
+                    self._stop(stop.requested or "stopped by another rank")
+                images, labels = next(batches)
+                images = images.to(self.env.device, non_blocking=True)
+                labels = labels.to(self.env.device, non_blocking=True)
+                values = self._train_step(images, labels)
+                for k, v in values.items():
+                    sums[k] = sums[k] + v
+                count += 1
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.update(1)
+                if self.env.is_main:
+                    bar.set_postfix(loss=f"{values['loss'].item():.4f}", lr=f"{lr:.2e}", refresh=False)
+                last = self.iteration == self.max_iterations
+                if self.iteration % a.log_per_iters == 0 or last:
+                    self._log_window(sums, count, lr, started, start_iteration)
+                    sums, count = defaultdict(float), 0
+                if self.iteration % a.val_per_iters == 0 or last:
+                    result = self.evaluate()
+                    if result["miou"] > self.best_miou:
+                        self.best_miou = result["miou"]
+                        self.save("best.pt")
+                    if self.env.is_main:
+                        bar.write(f"[{self.phase}] iteration {self.iteration}: mIoU {100 * result['miou']:.2f} "
+                                  f"(best {100 * self.best_miou:.2f})")
+                if self.iteration % a.save_per_iters == 0 or last:
+                    self.save("last.pt")
+                if a.stop_at_iteration is not None and self.iteration == a.stop_at_iteration and not last:
+                    self._stop(f"--stop-at-iteration {a.stop_at_iteration}")
+        return self.last_eval
