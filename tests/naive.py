@@ -255,3 +255,9 @@ def random_feat(gen: torch.Generator, *shape: int, dtype=torch.float32, zero_pix
     if zero_pixels:
         f.flatten(2)[:, :, ::5] = 0
     return f.to(dtype)
+
+
+def random_protos(gen: torch.Generator, counts: torch.Tensor, C: int, dtype=torch.float32) -> torch.Tensor:
+    """Random B×K×C prototypes, exactly zero for classes with count 0 (as prototype_pool gives)."""
+    protos = torch.randn(*counts.shape, C, generator=gen, dtype=torch.float64)
+    return (protos * (counts.cpu() > 0)[:, :, None]).to(dtype)

@@ -14,7 +14,7 @@ import torch
 
 import frkd_kernels
 import naive
-from naive import FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, with_layout
+from naive import FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos, with_layout
 
 FLOAT64_BACKENDS = ("torch", "cpu")
 
@@ -65,12 +65,6 @@ def _inputs(case: Case, seed: int, dtype=torch.float32, device="cpu"):
     return feat.to(device), labels.to(device)
 
 
-def _random_protos(gen, counts: torch.Tensor, C: int, dtype=torch.float32) -> torch.Tensor:
-    """Random B×K×C prototypes, exactly zero for classes with count 0 (as prototype_pool gives)."""
-    protos = torch.randn(*counts.shape, C, generator=gen, dtype=torch.float64)
-    return (protos * (counts > 0)[:, :, None]).to(dtype)
-
-
 def _skip_unsupported(backend: str, *dtypes: torch.dtype):
     if torch.float64 in dtypes and backend not in FLOAT64_BACKENDS:
         pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (DESIGN §2)")
@@ -105,7 +99,7 @@ def run_class_distance_maps(backend, device, case, seed, dtype=torch.float32, la
     feat, labels = _inputs(case, seed, dtype, device)
     gen = torch.Generator().manual_seed(seed + 1)
     counts = naive.prototype_pool(feat, labels, case.K, case.ignore_index)[1].to(_stat_dtype(dtype))
-    protos = _random_protos(gen, counts, case.C, protos_dtype)
+    protos = random_protos(gen, counts, case.C, protos_dtype)
     counts, protos = counts.to(device), protos.to(device)
     with frkd_kernels.use_backend(backend):
         intra, inter = frkd_kernels.class_distance_maps(

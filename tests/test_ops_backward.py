@@ -1,0 +1,288 @@
+"""Gradients of the differentiable frkd ops on every backend.
+
+float64 ``gradcheck`` on the backends that accept float64; every backend against the naive float64
+gradient with a random upstream gradient (the op is not the last layer); the ``*_backward`` ops'
+output dtypes and layouts; teacher-side inputs that need no gradient; double backward refused.
+"""
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+import frkd_kernels
+import naive
+from frkd_kernels import _backend
+from naive import FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos, with_layout
+
+FLOAT64_BACKENDS = ("torch", "cpu")
+K = 4
+SHAPE = (2, 5, 4, 7)  # B, C, H, W
+
+
+def _seed(*key) -> int:
+    return zlib.crc32(repr(key).encode())
+
+
+def _labels(gen, shape=SHAPE, num_classes=K):
+    B, _, H, W = shape
+    return random_labels(gen, B, H, W, num_classes)
+
+
+def _counts(feat, labels, num_classes=K, dtype=torch.float32):
+    return naive.prototype_pool(feat, labels, num_classes)[1].to(dtype).to(feat.device)
+
+
+def _leaf(t: torch.Tensor, layout: str = "contiguous") -> torch.Tensor:
+    return with_layout(t, layout).requires_grad_()
+
+
+def _float64_only(backend):
+    if backend not in FLOAT64_BACKENDS:
+        pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (DESIGN §2)")
+
+
+# --- gradcheck (float64) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_prototype_pool(backend_device, seed):
+    backend, device = backend_device
+    _float64_only(backend)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (2, 3, 3, 4)
+    feat = random_feat(gen, *shape, dtype=torch.float64).to(device).requires_grad_()
+    labels = _labels(gen, shape, 3).to(device)
+    with frkd_kernels.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda f: frkd_kernels.prototype_pool(f, labels, 3)[0], (feat,), fast_mode=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_class_distance_maps(backend_device, seed):
+    backend, device = backend_device
+    _float64_only(backend)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (2, 3, 3, 4)
+    feat = random_feat(gen, *shape, dtype=torch.float64)
+    labels = _labels(gen, shape, 3)
+    counts = _counts(feat, labels, 3, torch.float64)
+    protos = random_protos(gen, counts, 3, torch.float64).to(device).requires_grad_()
+    feat, labels = feat.to(device).requires_grad_(), labels.to(device)
+    with frkd_kernels.use_backend(backend):
+        assert torch.autograd.gradcheck(
+            lambda f, p: frkd_kernels.class_distance_maps(f, labels, p, counts), (feat, protos), fast_mode=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_prototypes_into_features(backend_device, seed):
+    """prototype_pool -> class_distance_maps: the gradient reaches feat directly and via protos."""
+    backend, device = backend_device
+    _float64_only(backend)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (2, 3, 3, 4)
+    feat = random_feat(gen, *shape, dtype=torch.float64).to(device).requires_grad_()
+    labels = _labels(gen, shape, 3).to(device)
+
+    def maps(f):
+        protos, counts = frkd_kernels.prototype_pool(f, labels, 3)
+        return frkd_kernels.class_distance_maps(f, labels, protos, counts)
+
+    with frkd_kernels.use_backend(backend):
+        assert torch.autograd.gradcheck(maps, (feat,), fast_mode=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gradcheck_masked_feature_mse(backend_device, seed):
+    backend, device = backend_device
+    _float64_only(backend)
+    gen = torch.Generator().manual_seed(seed)
+    student, teacher = (random_feat(gen, 2, 3, 3, 4, dtype=torch.float64).to(device).requires_grad_()
+                        for _ in range(2))
+    weight = torch.rand(2, 3, 4, generator=gen).to(device)
+    with frkd_kernels.use_backend(backend):
+        assert torch.autograd.gradcheck(
+            lambda s, t: frkd_kernels.masked_feature_mse(s, t, weight), (student, teacher), fast_mode=True)
+
+
+# --- every backend against the naive gradient -------------------------------------------------
+
+def _prototype_pool_case(backend, device, dtype, layout, seed):
+    gen = torch.Generator().manual_seed(seed)
+    feat, labels = random_feat(gen, *SHAPE, dtype=dtype), _labels(gen)
+    grad_protos = torch.randn(SHAPE[0], K, SHAPE[1], generator=gen)
+    x = _leaf(feat.to(device), layout)
+    with frkd_kernels.use_backend(backend):
+        protos, _ = frkd_kernels.prototype_pool(x, with_layout(labels.to(device), layout), K)
+        (got,) = torch.autograd.grad(protos, x, grad_protos.to(device))
+    assert_close(got, naive.prototype_pool_grad(grad_protos, feat, labels, K), dtype, "grad feat")
+
+
+def _class_distance_maps_case(backend, device, dtype, layout, seed):
+    gen = torch.Generator().manual_seed(seed)
+    feat, labels = random_feat(gen, *SHAPE, dtype=dtype, zero_pixels=True), _labels(gen)
+    counts = _counts(feat, labels)
+    protos = random_protos(gen, counts, SHAPE[1], dtype)
+    grad_intra, grad_inter = torch.randn(2, SHAPE[0], SHAPE[2], SHAPE[3], generator=gen)
+    x, p = _leaf(feat.to(device), layout), _leaf(protos.to(device), layout)
+    with frkd_kernels.use_backend(backend):
+        intra, inter = frkd_kernels.class_distance_maps(x, with_layout(labels.to(device), layout), p, counts)
+        got_feat, got_protos = torch.autograd.grad((intra, inter), (x, p), (grad_intra.to(device), grad_inter.to(device)))
+    want_feat, want_protos = naive.class_distance_maps_grad(grad_intra, grad_inter, feat, labels, protos, counts)
+    assert_close(got_feat, want_feat, dtype, "grad feat")
+    assert_close(got_protos, want_protos, dtype, "grad protos")
+    zero = feat.flatten(2).abs().sum(1) == 0
+    assert torch.all(got_feat.cpu().flatten(2).transpose(1, 2)[zero] == 0), "a zero feature must get no gradient"
+    assert torch.all(got_protos.cpu()[counts.cpu() == 0] == 0), "an absent class's prototype must get no gradient"
+
+
+def _masked_feature_mse_case(backend, device, dtype, layout, seed):
+    gen = torch.Generator().manual_seed(seed)
+    student, teacher = random_feat(gen, *SHAPE, dtype=dtype), random_feat(gen, *SHAPE, dtype=dtype)
+    weight = torch.rand(SHAPE[0], *SHAPE[2:], generator=gen)
+    s, t = _leaf(student.to(device), layout), _leaf(teacher.to(device), layout)
+    with frkd_kernels.use_backend(backend):
+        loss = frkd_kernels.masked_feature_mse(s, t, with_layout(weight.to(device), layout))
+        got_s, got_t = torch.autograd.grad(loss, (s, t), torch.tensor(0.37, device=device))
+    want_s, want_t = naive.masked_feature_mse_grad(0.37, student, teacher, weight)
+    assert_close(got_s, want_s, dtype, "grad student")
+    assert_close(got_t, want_t, dtype, "grad teacher")
+
+
+GRAD_CASES = {
+    "prototype_pool": _prototype_pool_case,
+    "class_distance_maps": _class_distance_maps_case,
+    "masked_feature_mse": _masked_feature_mse_case,
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("op", GRAD_CASES)
+def test_grad_matches_naive(backend_device, op, dtype, layout):
+    backend, device = backend_device
+    GRAD_CASES[op](backend, device, dtype, layout, _seed(op, dtype, layout))
+
+
+def test_grad_through_prototypes_matches_naive(backend_device):
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(17)
+    feat, labels = random_feat(gen, *SHAPE), _labels(gen)
+    grad_intra, grad_inter = torch.randn(2, SHAPE[0], SHAPE[2], SHAPE[3], generator=gen)
+    x = feat.to(device).requires_grad_()
+    with frkd_kernels.use_backend(backend):
+        protos, counts = frkd_kernels.prototype_pool(x, labels.to(device), K)
+        intra, inter = frkd_kernels.class_distance_maps(x, labels.to(device), protos, counts)
+        (got,) = torch.autograd.grad((intra, inter), x, (grad_intra.to(device), grad_inter.to(device)))
+    want_protos, want_counts = naive.prototype_pool(feat, labels, K)
+    direct, via_protos = naive.class_distance_maps_grad(grad_intra, grad_inter, feat, labels, want_protos, want_counts)
+    assert_close(got, direct + naive.prototype_pool_grad(via_protos, feat, labels, K), what="grad feat")
+
+
+# --- the backward ops: dtype and layout of each gradient --------------------------------------
+
+def _assert_like(grad: torch.Tensor, inp: torch.Tensor, what: str):
+    assert grad.dtype == inp.dtype, f"{what}: dtype {grad.dtype}, expected the input's {inp.dtype}"
+    assert grad.shape == inp.shape, f"{what}: shape {tuple(grad.shape)}, expected {tuple(inp.shape)}"
+    layout = torch.empty_like(inp).stride()
+    assert grad.stride() == layout, f"{what}: strides {grad.stride()}, expected empty_like(input)'s {layout}"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_backward_ops_return_input_dtype_and_layout(backend_device, dtype, layout):
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(_seed(dtype, layout))
+    feat = with_layout(random_feat(gen, *SHAPE, dtype=dtype).to(device), layout)
+    labels = _labels(gen).to(device)
+    protos = with_layout(torch.randn(SHAPE[0], K, SHAPE[1], generator=gen).to(device), layout)  # fp32 meets dtype
+    counts = _counts(feat, labels)
+    maps = torch.randn(3, SHAPE[0], *SHAPE[2:], generator=gen).to(device)
+    ops = torch.ops.frkd
+    with frkd_kernels.use_backend(backend):
+        grad_feat = ops.prototype_pool_backward(torch.randn(SHAPE[0], K, SHAPE[1], device=device), labels, counts, feat,
+                                                255, backend)
+        _assert_like(grad_feat, feat, "prototype_pool_backward")
+        _, _, inter_class = ops.class_distance_maps_forward(feat, labels, protos, counts)
+        assert inter_class.dtype == torch.int32, f"inter_class: expected int32, got {inter_class.dtype}"
+        grad_feat, grad_protos = ops.class_distance_maps_backward(
+            maps[0], maps[1], feat, labels, protos, counts, inter_class, 255, 1e-8, True, True, backend)
+        _assert_like(grad_feat, feat, "class_distance_maps_backward feat")
+        _assert_like(grad_protos, protos, "class_distance_maps_backward protos")
+        teacher = with_layout(random_feat(gen, *SHAPE).to(device), layout)  # float32 teacher
+        grad_s, grad_t = ops.masked_feature_mse_backward(torch.tensor(1.5, device=device), feat, teacher, maps[2],
+                                                         True, True, backend)
+        _assert_like(grad_s, feat, "masked_feature_mse_backward student")
+        _assert_like(grad_t, teacher, "masked_feature_mse_backward teacher")
+
+
+# --- what needs no gradient -------------------------------------------------------------------
+
+@pytest.fixture
+def backward_calls(monkeypatch):
+    """[(backend, function name, args)] of every backend function run through ``_backend.implementation``."""
+    calls = []
+    real = _backend.implementation
+
+    def logged(name, func):
+        fn = real(name, func)
+
+        def call(*args):
+            calls.append((name, func, args))
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(_backend, "implementation", logged)
+    return calls
+
+
+def test_teacher_side_needs_no_grad(backend_device, backward_calls):
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(4)
+    student = random_feat(gen, *SHAPE).to(device).requires_grad_()
+    teacher, labels = random_feat(gen, *SHAPE).to(device), _labels(gen).to(device)
+    weight = torch.rand(SHAPE[0], *SHAPE[2:], generator=gen).to(device)
+    with frkd_kernels.use_backend(backend):
+        t_protos, t_counts = frkd_kernels.prototype_pool(teacher, labels, K)
+        t_intra, t_inter = frkd_kernels.class_distance_maps(teacher, labels, t_protos, t_counts)
+        assert not (t_protos.requires_grad or t_intra.requires_grad or t_inter.requires_grad)
+        s_intra, _ = frkd_kernels.class_distance_maps(student, labels, t_protos, t_counts)
+        loss = frkd_kernels.masked_feature_mse(student, teacher, weight) + (s_intra - t_intra).square().sum()
+        loss.backward()
+    assert teacher.grad is None and student.grad is not None
+    needs = {func: args[-2:] for _, func, args in backward_calls if func.endswith("_backward")}
+    assert needs == {"masked_feature_mse_backward": (True, False), "class_distance_maps_backward": (True, False)}
+
+
+def test_teacher_entropy_on_logits_requiring_grad(backend_device):
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(6)
+    logits = random_feat(gen, 2, 5, 3, 4).to(device).requires_grad_()
+    with frkd_kernels.use_backend(backend):
+        entropy, pred = frkd_kernels.teacher_entropy(logits)
+    assert not entropy.requires_grad and not pred.requires_grad, "teacher_entropy outputs carry no gradient"
+    want_entropy, want_pred = naive.teacher_entropy(logits)
+    assert_close(entropy, want_entropy, what="entropy")
+    assert torch.equal(pred.cpu(), want_pred)
+
+
+def _first_grads(op, backend, device):
+    """(output, inputs) of one op, on inputs that require grad."""
+    gen = torch.Generator().manual_seed(9)
+    feat, labels = random_feat(gen, *SHAPE).to(device).requires_grad_(), _labels(gen).to(device)
+    with frkd_kernels.use_backend(backend):
+        if op == "prototype_pool":
+            return frkd_kernels.prototype_pool(feat, labels, K)[0], (feat,)
+        if op == "class_distance_maps":
+            protos, counts = frkd_kernels.prototype_pool(feat, labels, K)
+            return frkd_kernels.class_distance_maps(feat, labels, protos, counts)[1], (feat,)
+        teacher = random_feat(gen, *SHAPE).to(device).requires_grad_()
+        return frkd_kernels.masked_feature_mse(feat, teacher, torch.ones_like(labels, dtype=torch.float32)), (feat, teacher)
+
+
+@pytest.mark.parametrize("op", GRAD_CASES)
+def test_double_backward_raises(backend_device, op):
+    backend, device = backend_device
+    out, inputs = _first_grads(op, backend, device)
+    grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        sum(g.square().sum() for g in grads).backward()
