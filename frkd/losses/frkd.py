@@ -26,8 +26,8 @@ def pseudo_knowledge_filter(z_t, y, *, num_classes: int, ignore_index: int = 255
     """Split pixels by the teacher's reliability (DESIGN §3.1). z_t B×K×H×W, y B×H×W.
 
     pseudo = valid ∧ pred ≠ y (dropped; none with ``pseudo_filter=False``);
-    fg = valid ∧ ¬pseudo ∧ entropy ≤ τ_b (τ_b = mean entropy over the valid pixels of image b,
-    all its pixels when none is valid, or the fixed ``tau``); bg = ¬pseudo ∧ ¬fg.
+    fg = valid ∧ ¬pseudo ∧ entropy ≤ τ_b (τ_b = mean entropy over the valid pixels of image b, or
+    the fixed ``tau``); bg = ¬pseudo ∧ ¬fg.
     With ``fgbg=False`` there is no split: fg = ¬pseudo, bg = ∅.
     Returns (valid, fg, bg), B×H×W bool, without grad.
     """
@@ -38,10 +38,9 @@ def pseudo_knowledge_filter(z_t, y, *, num_classes: int, ignore_index: int = 255
         pseudo = valid & (pred != y) if pseudo_filter else torch.zeros_like(valid)
         if not fgbg:
             return valid, ~pseudo, torch.zeros_like(valid)
-        if tau is None:
-            n_valid = valid.flatten(1).sum(1)
-            valid_mean = torch.where(valid, entropy, 0.0).flatten(1).sum(1) / n_valid.clamp_min(1)
-            threshold = torch.where(n_valid > 0, valid_mean, entropy.flatten(1).mean(1))[:, None, None]
+        if tau is None:  # an image without valid pixels has no fg candidate, so its τ_b is moot
+            n_valid = valid.flatten(1).sum(1).clamp_min(1)
+            threshold = (torch.where(valid, entropy, 0.0).flatten(1).sum(1) / n_valid)[:, None, None]
         else:
             threshold = tau
         fg = valid & ~pseudo & (entropy <= threshold)
