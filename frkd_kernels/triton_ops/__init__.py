@@ -1,0 +1,48 @@
+"""The ``triton`` backend: Triton kernels for every frkd op (docs/INTERFACES.md).
+
+One module per op family; ``class_sum`` is the segmented per-class reduction that prototype_pool
+and the prototype gradient of class_distance_maps share. Kernels take float32, float16 and
+bfloat16 inputs of any strides (contiguous and channels_last without a copy) and accumulate in
+float32; float64 is left to the ``cpu`` and ``torch`` backends (a clear TypeError says so).
+CPU tensors are served only under the Triton interpreter: set ``TRITON_INTERPRET=1`` before this
+package is first imported (``frkd_kernels`` imports it lazily, on first use).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from ._common import INTERPRET
+from .class_distance_maps import class_distance_maps, class_distance_maps_backward
+from .masked_feature_mse import masked_feature_mse, masked_feature_mse_backward
+from .prototype_pool import prototype_pool, prototype_pool_backward
+from .teacher_entropy import teacher_entropy
+
+__all__ = [
+    "status", "serves", "prototype_pool", "prototype_pool_backward", "class_distance_maps",
+    "class_distance_maps_backward", "masked_feature_mse", "masked_feature_mse_backward", "teacher_entropy",
+]
+
+
+def status() -> tuple[bool, str]:
+    """Live whenever triton imports (this module would not have imported otherwise)."""
+    mode = "interpreter, CPU tensors (TRITON_INTERPRET=1)" if INTERPRET else "compiled kernels, CUDA tensors"
+    return True, f"triton {triton.__version__}, {mode}; float32/float16/bfloat16 only"
+
+
+def serves(device: torch.device) -> tuple[bool, str]:
+    """(True, '') for CUDA tensors with a GPU present, or for CPU tensors under the interpreter."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if INTERPRET:
+            return False, ("TRITON_INTERPRET=1 was set when frkd_kernels.triton_ops was imported: "
+                           "the triton kernels run on CPU tensors only in this process")
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is available to torch"
+        return True, ""
+    if device.type == "cpu":
+        if INTERPRET:
+            return True, ""
+        return False, ("triton runs on CPU tensors only under its interpreter: set TRITON_INTERPRET=1 "
+                       "before frkd_kernels.triton_ops is imported")
+    return False, f"the triton backend does not run on {device.type} tensors"
