@@ -21,23 +21,51 @@ def _dims(d: dict) -> str:
     return f"B={d['B']} C_t={d['C_t']} C_s={d['C_s']} {d['H']}×{d['W']} K={d['K']}"
 
 
-def _row(r: dict, peers: list[str]) -> str:
-    if r["error"]:
-        timing = f"error: {r['error'][:120]}"
-    else:
-        timing = f"{r['median_ms']:.3f} [{r['p20_ms']:.3f}, {r['p80_ms']:.3f}]"
-    cells = [r["workload"], r["shape"], r["mode"], r["provider"], timing,
-             _num(r["peak_mem_mib"], ".1f", "n/a"), _num(r["gb_per_s"], ".2f"), _num(r["pct_copy_bw"], ".1f")]
-    cells += [_num(r["speedup_vs"].get(p), ".2f") for p in peers]
-    cells.append(_num(r["max_abs_diff_vs_eager"], ".1e"))
-    return "| " + " | ".join(cells) + " |"
+MODE_ORDER = ("forward", "backward", "forward+backward")
+
+
+def _ms(r: dict | None) -> str:
+    if r is None:
+        return "—"
+    return f"error: {r['error'][:80]}" if r["error"] else f"{r['median_ms']:.3f}"
+
+
+def _main_mode(by_mode: dict) -> dict:
+    """The row the bandwidth and memory columns describe: forward+backward, else forward."""
+    return by_mode.get("forward+backward") or by_mode.get("forward") or next(iter(by_mode.values()))
+
+
+def _ratios(by_mode: dict, peer: str) -> str:
+    cells = [_num(by_mode[m]["speedup_vs"].get(peer), ".2f") if m in by_mode else "" for m in MODE_ORDER]
+    cells = [c for c in cells if c]
+    return "—" if all(c == "—" for c in cells) else " / ".join(cells)
+
+
+def _table(rows: list[dict], peers: list[str]) -> list[str]:
+    """One line per (shape, provider) of one workload; ratios are forward / backward / both."""
+    grouped: dict[tuple, dict] = {}
+    for r in rows:
+        grouped.setdefault((r["shape"], r["provider"]), {})[r["mode"]] = r
+    head = ["shape", "provider", "fwd ms", "bwd ms", "fwd+bwd ms [p20, p80]", "GB/s (% copy BW)", "peak MiB"]
+    head += [f"× vs {p}" for p in peers] + ["max abs diff vs eager"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (shape, provider), by_mode in grouped.items():
+        main = _main_mode(by_mode)
+        both = by_mode.get("forward+backward")
+        spread = "" if both is None or both["error"] else f" [{both['p20_ms']:.3f}, {both['p80_ms']:.3f}]"
+        bandwidth = "—" if main["error"] else f"{main['gb_per_s']:.2f} ({main['pct_copy_bw']:.1f} %)"
+        cells = [shape, f"`{provider}`", _ms(by_mode.get("forward")), _ms(by_mode.get("backward")),
+                 _ms(both) + spread, bandwidth, _num(main["peak_mem_mib"], ".1f", "n/a")]
+        cells += [_ratios(by_mode, p) for p in peers]
+        cells.append(_num(main["max_abs_diff_vs_eager"], ".1e"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(result: dict) -> str:
-    """The section body: run metadata, then one table row per (workload, shape, mode, provider)."""
+    """The section body: run metadata, then one table per workload (rows: shape × provider)."""
     m = result["meta"]
     rows = result["results"]
-    peers = [p for p in PEERS if any(p in r["speedup_vs"] for r in rows)]
     off = [f"`{p}` ({why})" for p, why in m["providers"].items() if why]
     lines = [
         f"- Command: `{m['command']}`",
@@ -46,16 +74,19 @@ def markdown(result: dict) -> str:
         f"- Timer: {m['timer']}; dtype {m['dtype']}, labels {m['label_dtype']}",
         f"- Measured copy bandwidth: {m['copy_bandwidth_gb_per_s']:.1f} GB/s ({m['copy_bytes'] / 2**20:.0f} MiB tensor)",
         f"- Load average (1 min) before / after: {m['load_before']:.2f} / {m['load_after']:.2f}",
+        "- Shapes: " + "; ".join(f"`{n}` {_dims(d)}" for n, d in m["shapes"].items()),
+        "- GB/s, % copy BW and peak MiB are for forward+backward (forward for `teacher_entropy`); "
+        "× vs peer = peer time / this time, for forward / backward / forward+backward.",
     ]
     if off:
         lines.append(f"- Providers not run: {'; '.join(off)}")
     for name, why in m["skipped_workloads"].items():
         lines.append(f"- Workload `{name}` skipped: {why}")
-    head = ["workload", "shape", "mode", "provider", "median ms [p20, p80]", "peak MiB", "GB/s", "% copy BW"]
-    head += [f"× vs {p}" for p in peers] + ["max abs diff vs eager"]
-    lines += ["", "Shapes: " + "; ".join(f"`{n}` {_dims(d)}" for n, d in m["shapes"].items()), "",
-              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += [_row(r, peers) for r in rows]
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    for name in workloads:
+        mine = [r for r in rows if r["workload"] == name]
+        peers = [p for p in PEERS if any(p in r["speedup_vs"] for r in mine)]
+        lines += ["", f"**{name}**", ""] + _table(mine, peers)
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,6 @@ are the inputs created with ``requires_grad``.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -114,19 +113,12 @@ def _ifv_bytes(s, f, l):
 
 # --- FRKD feature loss ------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _feature_terms():
-    """``frkd.losses.frkd.feature_terms``, or the reason it cannot be imported."""
-    try:
-        from frkd.losses.frkd import feature_terms
-    except Exception as exc:  # not written yet, or broken: the workload is skipped with this reason
-        return f"frkd.losses.frkd.feature_terms is not importable: {exc!r}"
-    return feature_terms
-
-
-def _frkd_unavailable() -> str:
-    found = _feature_terms()
-    return found if isinstance(found, str) else ""
+try:
+    from frkd.losses.frkd import feature_terms
+    FEATURE_TERMS_MISSING = ""
+except Exception as exc:  # not written yet, or broken: the workload is skipped with this reason
+    feature_terms = None
+    FEATURE_TERMS_MISSING = f"frkd.losses.frkd.feature_terms is not importable: {exc!r}"
 
 
 def _frkd_inputs(s, device, dtype):
@@ -140,7 +132,7 @@ def _frkd_inputs(s, device, dtype):
 def _frkd_forward(ops, x):
     """λ_feat·L_feat + λ_intra·L_intra + λ_inter·L_inter of φ(F_S) against F_T (DESIGN §3 steps 1-6)."""
     f_s = F.conv2d(x["f_s"], x["phi"])
-    terms = _feature_terms()(f_s, x["f_t"], x["z_t"], x["labels"], num_classes=x["K"], ignore_index=IGNORE_INDEX, ops=ops)
+    terms = feature_terms(f_s, x["f_t"], x["z_t"], x["labels"], num_classes=x["K"], ignore_index=IGNORE_INDEX, ops=ops)
     return (terms["feat"] + INTRA_WEIGHT * terms["intra"] + INTER_WEIGHT * terms["inter"],)
 
 
@@ -171,5 +163,5 @@ WORKLOADS = {w.name: w for w in (
     Workload("ifv", "IFV term: pool + intra map for teacher (no grad) and student, MSE over B·H·W",
              _pair_inputs, _ifv_forward, _ifv_bytes, loop_forward=_ifv_loop),
     Workload("frkd_loss", "FRKD feature loss: φ (1×1 conv C_s→C_t) + feature_terms (feat + 20·intra + 20·inter)",
-             _frkd_inputs, _frkd_forward, _frkd_bytes, unavailable=_frkd_unavailable),
+             _frkd_inputs, _frkd_forward, _frkd_bytes, unavailable=lambda: FEATURE_TERMS_MISSING),
 )}
