@@ -7,24 +7,26 @@ import argparse
 
 from .registry import LOSSES, option_names
 
-# (flags, dest, type, help); a flag left unset (None / False) takes the method's default.
+# (flags, dest, type, help); a flag left unset (None) takes the method's default, shown as "None: ...".
 VALUE_FLAGS = (
-    (("--lambda-kd",), "lambda_kd", float, "pixel-wise KD weight (default: kd 1, frkd 1)"),
-    (("--lambda-cwd",), "lambda_cwd", float, "channel-wise distillation weight (default: cwd 3, frkd 0)"),
-    (("--lambda-feat",), "lambda_feat", float, "FRKD masked feature MSE weight (default 1)"),
-    (("--lambda-intra", "--lambda-ifv"), "lambda_intra", float, "intra-class (IFV) weight (default: ifvd 20, frkd 20)"),
-    (("--lambda-inter", "--lambda-idd"), "lambda_inter", float, "inter-class (IDD) weight (default: idd 20, frkd 20)"),
-    (("--lambda-fitnet",), "lambda_fitnet", float, "FitNet feature MSE weight (default 1)"),
-    (("--kd-temperature",), "kd_temperature", float, "pixel KD temperature (default 1)"),
-    (("--cwd-temperature",), "cwd_temperature", float, "CWD temperature (default 4)"),
-    (("--frkd-alpha",), "frkd_alpha", float, "FRKD foreground feature weight α (default 1)"),
-    (("--frkd-beta",), "frkd_beta", float, "FRKD background feature weight β (default 0.25)"),
-    (("--frkd-gamma",), "frkd_gamma", float, "FRKD coordinate-mask feature weight γ (default 1)"),
-    (("--frkd-delta",), "frkd_delta", float, "FRKD coordinate-mask margin δ (default 0)"),
-    (("--tau",), "tau", float, "fixed teacher-entropy threshold in [0, 1] (default: per-image mean)"),
+    (("--lambda-kd",), "lambda_kd", float, "pixel-wise KD weight (%(default)s: kd 1, frkd 1)"),
+    (("--lambda-cwd",), "lambda_cwd", float, "channel-wise distillation weight (%(default)s: cwd 3, frkd 0)"),
+    (("--lambda-feat",), "lambda_feat", float, "FRKD masked feature MSE weight (%(default)s: 1)"),
+    (("--lambda-intra", "--lambda-ifv"), "lambda_intra", float,
+     "intra-class (IFV) weight (%(default)s: ifvd 20, frkd 20)"),
+    (("--lambda-inter", "--lambda-idd"), "lambda_inter", float,
+     "inter-class (IDD) weight (%(default)s: idd 20, frkd 20)"),
+    (("--lambda-fitnet",), "lambda_fitnet", float, "FitNet feature MSE weight (%(default)s: 1)"),
+    (("--kd-temperature",), "kd_temperature", float, "pixel KD temperature (%(default)s: 1)"),
+    (("--cwd-temperature",), "cwd_temperature", float, "CWD temperature (%(default)s: 4)"),
+    (("--frkd-alpha",), "frkd_alpha", float, "FRKD foreground feature weight α (%(default)s: 1)"),
+    (("--frkd-beta",), "frkd_beta", float, "FRKD background feature weight β (%(default)s: 0.25)"),
+    (("--frkd-gamma",), "frkd_gamma", float, "FRKD coordinate-mask feature weight γ (%(default)s: 1)"),
+    (("--frkd-delta",), "frkd_delta", float, "FRKD coordinate-mask margin δ (%(default)s: 0)"),
+    (("--tau",), "tau", float, "fixed teacher-entropy threshold in [0, 1] (%(default)s: per-image mean)"),
 )
 SWITCH_FLAGS = (
-    ("--ifv-cirkd-mean", "ifv_cirkd_mean", "FRKD intra term divided by B·H·W as CIRKD (default: by #valid)"),
+    ("--ifv-cirkd-mean", "ifv_cirkd_mean", "FRKD: divide the intra term by B·H·W as CIRKD, not by #valid"),
     ("--no-pseudo-filter", "no_pseudo_filter", "FRKD ablation: keep pixels where the teacher is wrong"),
     ("--no-fgbg", "no_fgbg", "FRKD ablation: one uniform feature weight instead of the fg/bg split"),
     ("--no-coord-mask", "no_coord_mask", "FRKD ablation: coordinate term on every fg pixel (no margin test)"),
@@ -34,7 +36,7 @@ SWITCH_FLAGS = (
 def add_loss_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--method`` and the loss flags (CIRKD names; unset flags take the method's defaults)."""
     group = parser.add_argument_group("distillation loss")
-    group.add_argument("--method", default="frkd", choices=tuple(LOSSES), help="distillation method (default frkd)")
+    group.add_argument("--method", default="frkd", choices=tuple(LOSSES), help="distillation method")
     for flags, dest, kind, text in VALUE_FLAGS:
         group.add_argument(*flags, dest=dest, type=kind, default=None, help=text)
     for flag, dest, text in SWITCH_FLAGS:

@@ -95,7 +95,8 @@ def masked_terms(f_s, f_t, y, valid, fg, bg, *, num_classes: int, ignore_index: 
 
 def feature_terms(f_s, f_t, z_t, y, *, num_classes: int, ignore_index: int = 255, alpha: float = 1.0,
                   beta: float = 0.25, gamma: float = 1.0, delta: float = 0.0, tau: float | None = None,
-                  ifv_cirkd_mean: bool = False, ops: ModuleType | SimpleNamespace | None = None) -> dict[str, torch.Tensor]:
+                  ifv_cirkd_mean: bool = False,
+                  ops: ModuleType | SimpleNamespace | None = None) -> dict[str, torch.Tensor]:
     """Unweighted ``feat``, ``intra``, ``inter`` terms of DESIGN §3 steps 1-6.
 
     f_s = φ(F_S) B×C_t×H×W (grad flows), f_t B×C_t×H×W and z_t B×K×H×W teacher (no grad),
