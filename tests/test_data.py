@@ -1,0 +1,312 @@
+"""frkd.data: Cityscapes/VOC layouts on disk, label mapping, augmentation, determinism, bad files."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from frkd.data import build_dataset
+from frkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+# Cityscapes label id -> train id, as listed in cityscapesScripts' labels.py (written out here)
+CITYSCAPES_ID_TO_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                          24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+H, W = 12, 16
+
+
+def _rgb(seed: int, h: int = H, w: int = W) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _normalised(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(((rgb / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)).float()
+
+
+def _write_cityscapes(root, split="train", label_ids=None, train_ids=None, city="aachen", stem="aachen_000000_000019"):
+    image_dir = root / "leftImg8bit" / split / city
+    label_dir = root / "gtFine" / split / city
+    image_dir.mkdir(parents=True, exist_ok=True)
+    label_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_rgb(0)).save(image_dir / f"{stem}_leftImg8bit.png")
+    if label_ids is not None:
+        Image.fromarray(label_ids.astype(np.uint8)).save(label_dir / f"{stem}_gtFine_labelIds.png")
+    if train_ids is not None:
+        Image.fromarray(train_ids.astype(np.uint8)).save(label_dir / f"{stem}_gtFine_labelTrainIds.png")
+    return image_dir / f"{stem}_leftImg8bit.png", label_dir
+
+
+def _all_label_ids() -> np.ndarray:
+    """H×W map cycling through every Cityscapes id 0..33 and a few unused ones."""
+    values = np.array(list(range(34)) + [250, 255], dtype=np.uint8)
+    return np.resize(values, (H, W))
+
+
+def _voc_palette_png(indices: np.ndarray, path) -> None:
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette([c for i in range(256) for c in ((i * 37) % 256, (i * 91) % 256, (i * 151) % 256)])
+    image.save(path)
+
+
+def _write_voc(base, ids=("2007_000032", "2008_000001"), aug=False, split="train"):
+    root = base / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    labels = {}
+    for i, image_id in enumerate(ids):
+        Image.fromarray(_rgb(i)).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        label = np.random.default_rng(100 + i).integers(0, 21, (H, W)).astype(np.uint8)
+        label[0, :] = 255
+        _voc_palette_png(label, root / "SegmentationClass" / f"{image_id}.png")
+        if aug:
+            label = (label + 1) % 21
+            Image.fromarray(label).save(root / "SegmentationClassAug" / f"{image_id}.png")
+        labels[image_id] = label
+    (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root, labels
+
+
+# ---------------------------------------------------------------- Cityscapes
+
+
+def test_cityscapes_label_ids_map_to_train_ids(tmp_path):
+    raw = _all_label_ids()
+    image_path, _ = _write_cityscapes(tmp_path, "val", label_ids=raw)
+    ds = build_dataset("cityscapes", str(tmp_path), "val", crop_size=8, train=False)
+    assert len(ds) == 1 and ds.num_classes == 19 and len(ds.class_names) == 19
+    image, label = ds[0]
+    expected = np.vectorize(lambda v: CITYSCAPES_ID_TO_TRAIN.get(int(v), 255))(raw)
+    assert label.dtype == torch.int64 and image.dtype == torch.float32
+    assert torch.equal(label, torch.from_numpy(expected).long())
+    torch.testing.assert_close(image, _normalised(np.asarray(Image.open(image_path))))
+
+
+def test_cityscapes_prefers_train_ids_when_both_exist(tmp_path):
+    train_ids = np.random.default_rng(3).integers(0, 19, (H, W)).astype(np.uint8)
+    _write_cityscapes(tmp_path, label_ids=_all_label_ids(), train_ids=train_ids)
+    _, label = build_dataset("cityscapes", str(tmp_path), "train", crop_size=8, train=False)[0]
+    assert torch.equal(label, torch.from_numpy(train_ids).long())
+
+
+def test_cityscapes_missing_label_is_named(tmp_path):
+    _write_cityscapes(tmp_path)
+    with pytest.raises(FileNotFoundError, match="aachen_000000_000019_gtFine_labelIds.png"):
+        build_dataset("cityscapes", str(tmp_path), "train", crop_size=8, train=False)
+
+
+def test_cityscapes_empty_split_is_an_error(tmp_path):
+    (tmp_path / "leftImg8bit" / "val" / "lindau").mkdir(parents=True)
+    with pytest.raises(ValueError, match="empty"):
+        build_dataset("cityscapes", str(tmp_path), "val", crop_size=8, train=False)
+
+
+def test_cityscapes_train_ids_out_of_range_are_named(tmp_path):
+    bad = np.zeros((H, W), np.uint8)
+    bad[2, 3] = 19
+    _, label_dir = _write_cityscapes(tmp_path, train_ids=bad)
+    ds = build_dataset("cityscapes", str(tmp_path), "train", crop_size=8, train=False)
+    with pytest.raises(ValueError, match=r"labelTrainIds\.png: values \[19\] are outside \[0, 19\)"):
+        ds[0]
+
+
+def test_cityscapes_label_size_mismatch_names_both_files(tmp_path):
+    image_path, _ = _write_cityscapes(tmp_path, label_ids=np.zeros((H + 1, W), np.uint8))
+    ds = build_dataset("cityscapes", str(tmp_path), "train", crop_size=8, train=False)
+    with pytest.raises(ValueError, match="labelIds.png is") as info:
+        ds[0]
+    assert str(image_path) in str(info.value)
+
+
+def test_corrupt_image_is_named(tmp_path):
+    image_path, _ = _write_cityscapes(tmp_path, label_ids=_all_label_ids())
+    image_path.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    ds = build_dataset("cityscapes", str(tmp_path), "train", crop_size=8, train=False)
+    with pytest.raises(ValueError, match=f"image {image_path}: cannot decode"):
+        ds[0]
+
+
+# ---------------------------------------------------------------- VOC
+
+
+@pytest.mark.parametrize("level", ["VOC2012", "VOCdevkit", "parent"])
+def test_voc_palette_labels_and_root_levels(tmp_path, level):
+    root, labels = _write_voc(tmp_path)
+    given = {"VOC2012": root, "VOCdevkit": root.parent, "parent": tmp_path}[level]
+    ds = build_dataset("voc", str(given), "train", crop_size=8, train=False)
+    assert len(ds) == 2 and ds.num_classes == 21 and ds.class_names[0] == "background"
+    image, label = ds[1]
+    assert torch.equal(label, torch.from_numpy(labels["2008_000001"]).long())
+    assert image.shape == (3, H, W)
+
+
+def test_voc_prefers_augmented_index_labels(tmp_path):
+    _, labels = _write_voc(tmp_path, aug=True)
+    _, label = build_dataset("voc", str(tmp_path), "train", crop_size=8, train=False)[0]
+    assert torch.equal(label, torch.from_numpy(labels["2007_000032"]).long())
+
+
+def test_voc_two_path_list_lines(tmp_path):
+    root, labels = _write_voc(tmp_path, aug=True)
+    (root / "ImageSets/Segmentation/train_aug.txt").write_text(
+        "/JPEGImages/2008_000001.jpg /SegmentationClassAug/2008_000001.png\n")
+    ds = build_dataset("voc", str(root), "train_aug", crop_size=8, train=False)
+    assert len(ds) == 1 and torch.equal(ds[0][1], torch.from_numpy(labels["2008_000001"]).long())
+
+
+def test_voc_rgb_label_is_a_clear_error(tmp_path):
+    root, _ = _write_voc(tmp_path)
+    Image.fromarray(_rgb(5)).save(root / "SegmentationClass" / "2007_000032.png")
+    ds = build_dataset("voc", str(root), "train", crop_size=8, train=False)
+    with pytest.raises(ValueError, match=r"2007_000032.png: mode 'RGB' is not a single-channel"):
+        ds[0]
+
+
+def test_voc_label_values_out_of_range_are_named(tmp_path):
+    root, _ = _write_voc(tmp_path)
+    bad = np.zeros((H, W), np.uint8)
+    bad[1, 1], bad[2, 2] = 21, 40
+    _voc_palette_png(bad, root / "SegmentationClass" / "2008_000001.png")
+    ds = build_dataset("voc", str(root), "train", crop_size=8, train=False)
+    ds[0]
+    with pytest.raises(ValueError, match=r"2008_000001.png: values \[21, 40\] are outside \[0, 21\)"):
+        ds[1]
+
+
+def test_voc_missing_image_is_named(tmp_path):
+    root, _ = _write_voc(tmp_path)
+    (root / "JPEGImages" / "2008_000001.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="2008_000001.jpg"):
+        build_dataset("voc", str(root), "train", crop_size=8, train=False)
+
+
+def test_voc_truncated_jpeg_is_named(tmp_path):
+    root, _ = _write_voc(tmp_path)
+    path = root / "JPEGImages" / "2007_000032.jpg"
+    path.write_bytes(path.read_bytes()[:200])
+    ds = build_dataset("voc", str(root), "train", crop_size=8, train=False)
+    with pytest.raises(ValueError, match="2007_000032.jpg: cannot decode"):
+        ds[0]
+
+
+def test_voc_empty_and_missing_split_lists(tmp_path):
+    root, _ = _write_voc(tmp_path)
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match=r"val.txt is empty"):
+        build_dataset("voc", str(root), "val", crop_size=8, train=False)
+    with pytest.raises(FileNotFoundError, match=r"test.txt"):
+        build_dataset("voc", str(root), "test", crop_size=8, train=False)
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_train_crops_have_the_crop_size_and_valid_labels(tmp_path):
+    _, labels = _write_voc(tmp_path)
+    ds = build_dataset("voc", str(tmp_path), "train", crop_size=(10, 14), train=True)
+    ds.set_epoch(0)
+    for index in range(len(ds)):
+        image, label = ds[index]
+        assert image.shape == (3, 10, 14) and label.shape == (10, 14)
+        kept = label[label != 255]
+        assert ((kept >= 0) & (kept < 21)).all()
+
+
+def test_padding_is_zero_image_and_ignore_label():
+    # 8×8 images scaled by at most 2 never fill a 40×40 crop
+    ds = build_dataset("synthetic", None, "train", crop_size=40, image_size=8, train=True, length=4)
+    ds.set_epoch(1)
+    for index in range(len(ds)):
+        image, label = ds[index]
+        padded = (image == 0).all(0)
+        assert padded.sum() >= 40 * 40 - 16 * 16
+        assert (label[padded] == 255).all()
+
+
+def test_val_returns_the_full_image_or_resizes_it(tmp_path):
+    _write_voc(tmp_path)
+    full = build_dataset("voc", str(tmp_path), "train", crop_size=4, train=False)
+    resized = build_dataset("voc", str(tmp_path), "train", crop_size=4, train=False, resize=(6, 8))
+    assert full[0][0].shape == (3, H, W)
+    image, label = resized[0]
+    assert image.shape == (3, 6, 8) and label.shape == (6, 8)
+    assert set(label.unique().tolist()) <= set(full[0][1].unique().tolist())
+
+
+def test_augmentation_is_deterministic_per_seed_epoch_and_index():
+    def sample(seed, epoch, index):
+        ds = build_dataset("synthetic", None, "train", crop_size=24, train=True, seed=seed, length=8)
+        ds.set_epoch(epoch)
+        return ds[index]
+
+    first = sample(0, 0, 3)
+    for other in (sample(0, 0, 3),):
+        assert torch.equal(first[0], other[0]) and torch.equal(first[1], other[1])
+    for other in (sample(0, 1, 3), sample(1, 0, 3), sample(0, 0, 4)):
+        assert not torch.equal(first[0], other[0])
+
+
+def test_set_epoch_makes_results_independent_of_workers():
+    ds = build_dataset("synthetic", None, "train", crop_size=16, train=True, length=6)
+    ds.set_epoch(2)
+    batches = [torch.cat([x for x, _ in DataLoader(ds, batch_size=2, num_workers=n)]) for n in (0, 2)]
+    assert torch.equal(batches[0], batches[1])
+
+
+def test_without_set_epoch_torch_seed_drives_workers():
+    ds = build_dataset("synthetic", None, "train", crop_size=16, train=True, length=4)
+
+    def run():
+        torch.manual_seed(7)
+        return torch.cat([x for x, _ in DataLoader(ds, batch_size=2, num_workers=2)])
+
+    first, second = run(), run()
+    assert torch.equal(first, second)
+    assert not torch.equal(first, torch.cat([x for x, _ in DataLoader(ds, batch_size=2, num_workers=2)]))
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_is_deterministic_and_split_dependent():
+    make = lambda seed, split: build_dataset("synthetic", None, split, crop_size=(24, 32), train=False, seed=seed)  # noqa: E731
+    a, b = make(0, "train")[5], make(0, "train")[5]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (3, 24, 32) and a[1].shape == (24, 32)
+    assert not torch.equal(a[0], make(1, "train")[5][0])
+    assert not torch.equal(a[0], make(0, "val")[5][0])
+    assert not torch.equal(a[0], make(0, "train")[6][0])
+
+
+def test_synthetic_labels_have_classes_and_thin_ignore_boundaries():
+    ds = build_dataset("synthetic", None, "val", crop_size=32, train=False, num_classes=6, length=20)
+    assert len(ds) == 20 and ds.num_classes == 6 and len(ds.class_names) == 6
+    labels = torch.stack([ds[i][1] for i in range(len(ds))])
+    assert set(labels.unique().tolist()) == {0, 1, 2, 3, 4, 5, 255}
+    ignored = (labels == 255).float().mean()
+    assert 0 < ignored < 0.2
+
+
+def test_synthetic_classes_are_not_separable_by_mean_colour():
+    ds = build_dataset("synthetic", None, "train", crop_size=48, train=False, num_classes=8, length=40)
+    raw_means = {k: [] for k in range(1, 8)}
+    for index in range(len(ds)):
+        image, label = ds[index]
+        for k in label.unique().tolist():
+            if 1 <= k < 8:
+                raw_means[k].append(image[:, label == k].mean(1))
+    centres = {k: torch.stack(v).mean(0) for k, v in raw_means.items() if v}
+    # classes 1 and 4 share a colour but not a texture: their mean colours are close
+    assert (centres[1] - centres[4]).norm() < 0.5 * (centres[1] - centres[2]).norm()
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(name="mnist"), ValueError, "dataset: expected one of"),
+    (dict(name="synthetic", split="holdout"), ValueError, "split must be one of"),
+    (dict(name="synthetic", num_classes=1), ValueError, "num_classes must be an int"),
+    (dict(name="synthetic", length=0), ValueError, "length must be a positive int"),
+    (dict(name="synthetic", crop_size=(4, 0)), ValueError, "crop_size: expected a positive int"),
+    (dict(name="voc", root=None), ValueError, "a root folder is required"),
+])
+def test_bad_arguments_are_named(kwargs, error, message):
+    args = dict(name="synthetic", root=None, split="train", crop_size=8, train=True) | kwargs
+    with pytest.raises(error, match=message):
+        build_dataset(args.pop("name"), args.pop("root"), args.pop("split"), **args)

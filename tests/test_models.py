@@ -1,0 +1,180 @@
+"""frkd.models: shapes and strides, aux/width options, torchvision-named weight loading."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from frkd.models import SegOutput, build_model
+from frkd.models.heads import AtrousConv2d
+from frkd.models.resnet import DilatedResNet
+
+# torchvision's ResNet layout, written independently of frkd.models.resnet
+TORCHVISION_DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3)}
+# parameter counts of torchvision's resnet18/50/101 minus their fc layer (512·1000+1000, 2048·1000+1000)
+TORCHVISION_PARAMS_WITHOUT_FC = {
+    "resnet18": 11_689_512 - 513_000,
+    "resnet50": 25_557_032 - 2_049_000,
+    "resnet101": 44_549_160 - 2_049_000,
+}
+
+
+def torchvision_keys(backbone: str) -> set[str]:
+    """State-dict keys of torchvision's ResNet (without fc and num_batches_tracked)."""
+    bn = ("weight", "bias", "running_mean", "running_var")
+    keys = {"conv1.weight"} | {f"bn1.{p}" for p in bn}
+    convs = 2 if backbone == "resnet18" else 3
+    for stage, depth in enumerate(TORCHVISION_DEPTHS[backbone], start=1):
+        for block in range(depth):
+            prefix = f"layer{stage}.{block}."
+            for i in range(1, convs + 1):
+                keys |= {prefix + f"conv{i}.weight"} | {prefix + f"bn{i}.{p}" for p in bn}
+            if block == 0 and (stage > 1 or convs == 3):
+                keys |= {prefix + "downsample.0.weight"} | {prefix + f"downsample.1.{p}" for p in bn}
+    return keys
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "pspnet"])
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "resnet101"])
+def test_output_shapes_at_stride_8(arch, backbone):
+    torch.manual_seed(0)
+    model = build_model(arch, backbone, 5, width=4)
+    out = model(torch.randn(2, 3, 17, 28))
+    assert isinstance(out, SegOutput)
+    h, w = math.ceil(17 / 8), math.ceil(28 / 8)
+    assert out.logits.shape == (2, 5, h, w)
+    assert out.aux.shape == (2, 5, h, w)
+    assert out.feat.shape == (2, model.feat_channels, h, w)
+    assert model.feat_channels == (8 if backbone == "resnet18" else 16)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_aux_off_returns_none_and_drops_the_head():
+    with_aux = build_model("pspnet", "resnet18", 3, width=8)
+    without = build_model("pspnet", "resnet18", 3, width=8, aux=False)
+    out = without.eval()(torch.randn(1, 3, 16, 16))
+    assert out.aux is None
+    assert not any(name.startswith("aux_head") for name, _ in without.named_parameters())
+    assert sum(p.numel() for p in without.parameters()) < sum(p.numel() for p in with_aux.parameters())
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "resnet101"])
+def test_backbone_names_and_sizes_match_torchvision(backbone):
+    resnet = DilatedResNet(backbone, width=64)
+    keys = {k for k in resnet.state_dict() if not k.endswith("num_batches_tracked")}
+    assert keys == torchvision_keys(backbone)
+    assert sum(p.numel() for p in resnet.parameters()) == TORCHVISION_PARAMS_WITHOUT_FC[backbone]
+
+
+def test_feat_channels_follow_cirkd_at_width_64():
+    assert build_model("deeplabv3", "resnet18", 19).feat_channels == 128
+    assert build_model("pspnet", "resnet50", 19, aux=False).feat_channels == 256
+
+
+def test_width_scales_every_stage():
+    for width in (8, 16):
+        resnet = DilatedResNet("resnet50", width=width)
+        assert resnet.conv1.out_channels == width
+        assert resnet.layer1[0].conv1.out_channels == width
+        assert resnet.layer4[-1].conv3.out_channels == 8 * width * 4
+        assert resnet.layer4_channels == 32 * width and resnet.layer3_channels == 16 * width
+
+
+def test_layer3_and_layer4_are_dilated_not_strided():
+    resnet = DilatedResNet("resnet18", width=8)
+    for layer, dilation in ((resnet.layer3, 2), (resnet.layer4, 4)):
+        assert all(m.stride == (1, 1) for m in layer.modules() if isinstance(m, nn.Conv2d))
+        assert layer[-1].conv2.dilation == (dilation, dilation)
+    c3, c4 = resnet(torch.randn(1, 3, 40, 24))
+    assert c3.shape[-2:] == c4.shape[-2:] == (5, 3)
+
+
+def test_only_batchnorm_normalisation_and_syncbn_conversion():
+    model = build_model("deeplabv3", "resnet18", 4, width=8)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    assert norms and all(type(m) is nn.BatchNorm2d for m in norms)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert not any(type(m) is nn.BatchNorm2d for m in synced.modules())
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    model = build_model("deeplabv3", "resnet18", 4, width=4)
+    out = model(torch.randn(2, 3, 16, 16))
+    (out.logits.sum() + out.aux.sum() + out.feat.mean()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("size", [(5, 7), (8, 30), (30, 30)])
+def test_atrous_conv_equals_the_plain_dilated_conv(size):
+    torch.manual_seed(0)
+    fast = AtrousConv2d(3, 4, dilation=12).double()
+    plain = nn.Conv2d(3, 4, 3, padding=12, dilation=12, bias=False).double()
+    plain.weight.data.copy_(fast.weight.data)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 4, *size, dtype=torch.float64)
+    gx_fast, gw_fast = torch.autograd.grad(fast(x), (x, fast.weight), grad)
+    gx_plain, gw_plain = torch.autograd.grad(plain(x), (x, plain.weight), grad)
+    torch.testing.assert_close(fast(x), plain(x))
+    torch.testing.assert_close(gx_fast, gx_plain)
+    torch.testing.assert_close(gw_fast, gw_plain)
+
+
+def _torchvision_style_file(tmp_path, backbone="resnet18", width=8, drop=None, extra=None):
+    """Save a state dict keyed like a torchvision checkpoint (fc.*, no num_batches_tracked)."""
+    source = DilatedResNet(backbone, width)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    state["fc.weight"] = torch.randn(1000, source.layer4_channels)
+    state["fc.bias"] = torch.randn(1000)
+    if drop:
+        del state[drop]
+    if extra:
+        state[extra] = torch.zeros(1)
+    path = tmp_path / f"{backbone}-fake.pth"
+    torch.save(state, path)
+    return str(path), state
+
+
+def test_pretrained_loads_torchvision_named_weights(tmp_path):
+    path, state = _torchvision_style_file(tmp_path)
+    model = build_model("deeplabv3", "resnet18", 4, width=8, pretrained=path)
+    loaded = model.backbone.state_dict()
+    for key in ("conv1.weight", "layer1.1.bn2.running_var", "layer3.0.downsample.0.weight", "layer4.1.conv2.weight"):
+        torch.testing.assert_close(loaded[key], state[key])
+
+
+def test_pretrained_missing_key_is_named(tmp_path):
+    path, _ = _torchvision_style_file(tmp_path, drop="layer2.0.downsample.1.weight")
+    with pytest.raises(ValueError, match=r"missing keys: layer2\.0\.downsample\.1\.weight") as info:
+        build_model("deeplabv3", "resnet18", 4, width=8, pretrained=path)
+    assert "resnet18-fake.pth" in str(info.value)
+
+
+def test_pretrained_unexpected_key_is_named(tmp_path):
+    path, _ = _torchvision_style_file(tmp_path, extra="layer5.0.conv1.weight")
+    with pytest.raises(ValueError, match=r"unexpected keys: layer5\.0\.conv1\.weight") as info:
+        build_model("pspnet", "resnet18", 4, width=8, pretrained=path)
+    assert "resnet18-fake.pth" in str(info.value)
+
+
+def test_pretrained_shape_mismatch_mentions_width(tmp_path):
+    path, _ = _torchvision_style_file(tmp_path, width=8)
+    with pytest.raises(ValueError, match=r"width=64.*conv1\.weight: file \(8, 3, 7, 7\) vs model \(16, 3, 7, 7\)"):
+        build_model("deeplabv3", "resnet18", 4, width=16, pretrained=path)
+
+
+def test_pretrained_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_model("deeplabv3", "resnet18", 4, width=8, pretrained=str(tmp_path / "nowhere.pth"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(arch="unet", backbone="resnet18", num_classes=4), "arch: expected one of"),
+    (dict(arch="pspnet", backbone="resnet34", num_classes=4), "backbone: expected one of"),
+    (dict(arch="pspnet", backbone="resnet18", num_classes=0), "num_classes: expected a positive int"),
+    (dict(arch="pspnet", backbone="resnet18", num_classes=4, width=0), "width: expected a positive int"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(**kwargs)
