@@ -1,0 +1,151 @@
+// class_distance_maps forward on CUDA (DESIGN §2.2). Three passes:
+//  1. psq[b, k] = |protos[b, k]|²                       (prototype_norms.cuh)
+//  2. dots[b, k, p] = feat[b, :, p] · protos[b, k, :] and fsq[b, p] = |feat[b, :, p]|², a small
+//     GEMM per image tiled over 64 pixels × 32 classes, channels streamed through shared memory
+//  3. per pixel over k: cos with the eps rule, intra = cos to its own class (1 when ignored),
+//     inter = max over present classes k != y (ties: lowest k), its class saved for the backward.
+#include "cuda/prototype_norms.cuh"
+
+namespace frkd::cuda {
+namespace {
+
+constexpr int kDotPixels = 64, kDotClasses = 32, kDotChannels = 32;
+constexpr int kDotThreads = 256;
+constexpr int kClassesPerThread = kDotClasses * kDotPixels / kDotThreads;  // 8
+constexpr int kThreads = 256;
+
+template <class T, class A>
+__global__ void __launch_bounds__(kDotThreads) class_dots_kernel(const T* __restrict__ feat, int64_t C, int64_t W,
+                                                                 int64_t N, int64_t sB, int64_t sC, int64_t sH,
+                                                                 int64_t sW, bool channels_fastest,
+                                                                 const A* __restrict__ protos, int64_t K,
+                                                                 A* __restrict__ dots, A* __restrict__ fsq) {
+  __shared__ A f_s[kDotChannels][kDotPixels + 1];
+  __shared__ A p_s[kDotClasses][kDotChannels];
+  __shared__ int64_t poff[kDotPixels];
+  const int tid = threadIdx.x, px = tid % kDotPixels, k_lane = tid / kDotPixels;  // a warp shares k_lane
+  const int64_t b = blockIdx.z, p0 = static_cast<int64_t>(blockIdx.x) * kDotPixels;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * kDotClasses;
+  if (tid < kDotPixels) poff[tid] = p0 + tid < N ? pixel_offset(p0 + tid, W, sH, sW) : 0;
+  const T* fb = feat + b * sB;
+  const A* pb = protos + b * K * C;
+  A acc[kClassesPerThread];
+#pragma unroll
+  for (int j = 0; j < kClassesPerThread; ++j) acc[j] = A(0);
+  A f_sq = A(0);
+  for (int64_t c0 = 0; c0 < C; c0 += kDotChannels) {
+    __syncthreads();  // poff written / previous chunk consumed
+    for (int i = tid; i < kDotChannels * kDotPixels; i += kDotThreads) {
+      // consecutive threads read consecutive addresses in either layout
+      const int ci = channels_fastest ? i % kDotChannels : i / kDotPixels;
+      const int pi = channels_fastest ? i / kDotChannels : i % kDotPixels;
+      const int64_t c = c0 + ci;
+      f_s[ci][pi] = c < C && p0 + pi < N ? load_as<A>(fb, c * sC + poff[pi]) : A(0);
+    }
+    for (int i = tid; i < kDotClasses * kDotChannels; i += kDotThreads) {
+      const int ki = i / kDotChannels, ci = i % kDotChannels;
+      const int64_t k = k0 + ki, c = c0 + ci;
+      p_s[ki][ci] = k < K && c < C ? pb[k * C + c] : A(0);
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int ci = 0; ci < kDotChannels; ++ci) {
+      const A f = f_s[ci][px];
+      f_sq += f * f;
+#pragma unroll
+      for (int j = 0; j < kClassesPerThread; ++j) acc[j] += p_s[k_lane * kClassesPerThread + j][ci] * f;
+    }
+  }
+  const int64_t p = p0 + px;
+  if (p >= N) return;
+#pragma unroll
+  for (int j = 0; j < kClassesPerThread; ++j) {
+    const int64_t k = k0 + k_lane * kClassesPerThread + j;
+    if (k < K) dots[(b * K + k) * N + p] = acc[j];
+  }
+  if (blockIdx.y == 0 && k_lane == 0) fsq[b * N + p] = f_sq;
+}
+
+template <class A>
+__global__ void __launch_bounds__(kThreads) class_maps_kernel(const A* __restrict__ dots, const A* __restrict__ fsq,
+                                                              const A* __restrict__ psq,
+                                                              const A* __restrict__ counts, Labels labels,
+                                                              int64_t B, int64_t W, int64_t N, int64_t K,
+                                                              int64_t ignore_index, A eps, A* __restrict__ intra,
+                                                              A* __restrict__ inter, int32_t* __restrict__ inter_class) {
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (q >= B * N) return;
+  const int64_t b = q / N, p = q - b * N;
+  const int y = class_of(labels, b * labels.sB + pixel_offset(p, W, labels.sH, labels.sW), K, ignore_index);
+  const A f_norm = sqrt_acc(fsq[q]);
+  A own = A(1), best = A(0);
+  int best_k = -1;
+  for (int64_t k = 0; k < K; ++k) {
+    const bool mine = k == y;
+    if (!mine && (y < 0 || !(counts[b * K + k] > A(0)))) continue;  // not a candidate for inter
+    bool ok;
+    const A cos = cosine(dots[(b * K + k) * N + p], sqrt_acc(psq[b * K + k]), f_norm, eps, ok);
+    if (mine) {
+      own = cos;
+    } else if (best_k < 0 || cos > best || (cos != cos && best == best)) {  // ties: lowest k; NaN wins
+      best = cos;
+      best_k = static_cast<int>(k);
+    }
+  }
+  intra[q] = own;
+  inter[q] = best_k >= 0 ? best : A(-1);
+  inter_class[q] = best_k;
+}
+
+struct MapsWorkspace {
+  void* dots;
+  void* fsq;
+  void* psq;
+  size_t bytes;
+};
+
+template <class A>
+MapsWorkspace maps_workspace(const Map4& feat, int64_t K, void* base) {
+  Carver carve(base);
+  MapsWorkspace ws{};
+  ws.dots = carve.take<A>(feat.B * K * feat.H * feat.W);
+  ws.fsq = carve.take<A>(feat.B * feat.H * feat.W);
+  ws.psq = carve.take<A>(feat.B * K);
+  ws.bytes = carve.bytes();
+  return ws;
+}
+
+}  // namespace
+
+size_t class_distance_maps_workspace(const Map4& feat, int64_t K, bool acc_double) {
+  const bool wide = acc_double || feat.dtype == Float::F64;
+  return wide ? maps_workspace<double>(feat, K, nullptr).bytes : maps_workspace<float>(feat, K, nullptr).bytes;
+}
+
+void class_distance_maps(const Map4& feat, const Labels& labels, const void* protos, const void* counts, int64_t K,
+                         bool acc_double, int64_t ignore_index, double eps, void* intra, void* inter,
+                         int32_t* inter_class, void* workspace, cudaStream_t stream) {
+  const int64_t N = feat.H * feat.W;
+  if (feat.B * N == 0) return;  // the maps are empty
+  dispatch_float_acc(feat.dtype, acc_double, [&](auto tag, auto acc) {
+    using T = typename decltype(tag)::type;
+    using A = typename decltype(acc)::type;
+    const MapsWorkspace ws = maps_workspace<A>(feat, K, workspace);
+    A* dots = static_cast<A*>(ws.dots);
+    A* fsq = static_cast<A*>(ws.fsq);
+    A* psq = static_cast<A*>(ws.psq);
+    prototype_sumsq(static_cast<const A*>(protos), feat.B * K, feat.C, psq, stream);
+    const dim3 grid(static_cast<unsigned>(ceil_div(N, kDotPixels)), grid_yz(ceil_div(K, kDotClasses), "class tiles"),
+                    grid_yz(feat.B, "batch size"));
+    class_dots_kernel<T, A><<<grid, kDotThreads, 0, stream>>>(
+        static_cast<const T*>(feat.data), feat.C, feat.W, N, feat.sB, feat.sC, feat.sH, feat.sW, feat.sC < feat.sW,
+        static_cast<const A*>(protos), K, dots, fsq);
+    check_launch("class_dots_kernel");
+    class_maps_kernel<A><<<static_cast<unsigned>(ceil_div(feat.B * N, kThreads)), kThreads, 0, stream>>>(
+        dots, fsq, psq, static_cast<const A*>(counts), labels, feat.B, feat.W, N, K, ignore_index,
+        static_cast<A>(eps), static_cast<A*>(intra), static_cast<A*>(inter), inter_class);
+    check_launch("class_maps_kernel");
+  });
+}
+
+}  // namespace frkd::cuda
