@@ -1,0 +1,136 @@
+"""Registration of the ``frkd::*`` ops: schemas, ``torch.library.opcheck`` on every backend (public and
+backward ops, contiguous and permuted inputs), ``torch.compile(fullgraph=True)`` forward and backward,
+and the NaN poisoning of frkd allocations that the other op tests rely on.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import frkd_kernels
+from naive import random_feat, random_labels, with_layout
+
+DESIGN_SCHEMAS = {  # DESIGN §2, verbatim
+    "prototype_pool": "(Tensor feat, Tensor labels, int num_classes, int ignore_index=255) -> (Tensor protos, Tensor counts)",
+    "class_distance_maps": "(Tensor feat, Tensor labels, Tensor protos, Tensor counts, int ignore_index=255, "
+                           "float eps=1e-8) -> (Tensor intra, Tensor inter)",
+    "masked_feature_mse": "(Tensor student, Tensor teacher, Tensor weight) -> Tensor",
+    "teacher_entropy": "(Tensor logits, float temperature=1.0) -> (Tensor entropy, Tensor pred)",
+}
+BACKWARD_OPS = ("prototype_pool_backward", "class_distance_maps_backward", "masked_feature_mse_backward")
+K = 3
+
+
+@pytest.mark.parametrize("name", DESIGN_SCHEMAS)
+def test_public_schema_is_the_design_one(name):
+    expected = torch._C.parse_schema(f"frkd::{name}{DESIGN_SCHEMAS[name]}")
+    assert str(getattr(torch.ops.frkd, name).default._schema) == str(expected)
+
+
+@pytest.mark.parametrize("name", BACKWARD_OPS + ("class_distance_maps_forward",))
+def test_backward_and_helper_ops_are_registered(name):
+    schema = getattr(torch.ops.frkd, name).default._schema
+    assert schema.name == f"frkd::{name}"
+
+
+def _op_calls(backend: str, device: str, permuted: bool):
+    """{name: (op, args)} for every frkd op on small inputs, computed under ``backend``."""
+    layout = "channels_last" if permuted else "contiguous"
+    gen = torch.Generator().manual_seed(3)
+    B, C, H, W = 2, 4, 3, 5
+    feat = with_layout(random_feat(gen, B, C, H, W).to(device), layout).requires_grad_()
+    teacher = with_layout(random_feat(gen, B, C, H, W).to(device), layout)
+    labels = with_layout(random_labels(gen, B, H, W, K).to(device), layout)
+    weight = with_layout(torch.rand(B, H, W, generator=gen).to(device), layout)
+    logits = with_layout(random_feat(gen, B, K, H, W).to(device), layout)
+    ops = torch.ops.frkd
+    with torch.no_grad(), frkd_kernels.use_backend(backend):
+        protos, counts = ops.prototype_pool(feat, labels, K)
+        _, _, inter_class = ops.class_distance_maps_forward(feat, labels, protos, counts)
+    protos = with_layout(protos, layout).requires_grad_()
+    maps = torch.randn(2, B, H, W, generator=gen).to(device)
+    grad_protos = torch.randn(B, K, C, generator=gen).to(device)
+    return {
+        "prototype_pool": (ops.prototype_pool, (feat, labels, K, 255)),
+        "class_distance_maps": (ops.class_distance_maps, (feat, labels, protos, counts, 255, 1e-8)),
+        "class_distance_maps_forward": (ops.class_distance_maps_forward, (feat, labels, protos, counts, 255, 1e-8)),
+        "masked_feature_mse": (ops.masked_feature_mse, (feat, teacher, weight)),
+        "teacher_entropy": (ops.teacher_entropy, (logits, 2.0)),
+        "prototype_pool_backward": (ops.prototype_pool_backward,
+                                    (grad_protos, labels, counts, feat.detach(), 255, backend)),
+        "class_distance_maps_backward": (ops.class_distance_maps_backward,
+                                         (maps[0], maps[1], feat.detach(), labels, protos.detach(), counts,
+                                          inter_class, 255, 1e-8, True, True, backend)),
+        "masked_feature_mse_backward": (ops.masked_feature_mse_backward,
+                                        (torch.tensor(0.5, device=device), feat.detach(), teacher, weight,
+                                         True, False, backend)),
+    }
+
+
+OP_NAMES = tuple(DESIGN_SCHEMAS) + ("class_distance_maps_forward",) + BACKWARD_OPS
+
+
+@pytest.mark.parametrize("permuted", (False, True), ids=("contiguous", "permuted"))
+def test_opcheck(backend_device, permuted):
+    backend, device = backend_device
+    calls = _op_calls(backend, device, permuted)
+    failures = {}
+    with frkd_kernels.use_backend(backend):
+        for name in OP_NAMES:
+            op, args = calls[name]
+            result = torch.library.opcheck(op, args, raise_exception=False)
+            bad = {test: outcome for test, outcome in result.items() if outcome != "SUCCESS"}
+            if bad:
+                failures[name] = bad
+    assert not failures, f"opcheck failed on {backend}/{device}: {failures}"
+
+
+def _all_ops(feat, teacher, labels, logits):
+    """A scalar loss touching every op, the way the FRKD loss does."""
+    entropy, pred = frkd_kernels.teacher_entropy(logits)
+    protos, counts = frkd_kernels.prototype_pool(feat, labels, K)
+    intra, inter = frkd_kernels.class_distance_maps(feat, labels, protos, counts)
+    weight = entropy * (pred == labels.long())
+    return frkd_kernels.masked_feature_mse(feat, teacher, weight) + (intra - inter).square().mean()
+
+
+def test_torch_compile_fullgraph_forward_and_backward(backend_device):
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(12)
+    feat, teacher = (random_feat(gen, 2, 4, 3, 5).to(device) for _ in range(2))
+    labels = random_labels(gen, 2, 3, 5, K).to(device)
+    logits = random_feat(gen, 2, K, 3, 5).to(device)
+    torch._dynamo.reset()
+    compiled = torch.compile(_all_ops, fullgraph=True)
+    results = []
+    for fn in (_all_ops, compiled):
+        x = feat.clone().requires_grad_()
+        with frkd_kernels.use_backend(backend):
+            loss = fn(x, teacher, labels, logits)
+            loss.backward()
+        results.append((loss.detach(), x.grad))
+    (eager_loss, eager_grad), (compiled_loss, compiled_grad) = results
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    torch.testing.assert_close(compiled_grad, eager_grad)
+    assert torch.isfinite(compiled_grad).all() and compiled_grad.abs().sum() > 0
+
+
+# --- the conftest's NaN poisoning ---------------------------------------------------------------
+
+ALLOCATIONS = {
+    "empty": "torch.empty(2, 3, dtype=dtype)",
+    "empty_like": "torch.empty_like(torch.zeros(2, 3, dtype=dtype))",
+    "empty_strided": "torch.empty_strided((2, 3), (1, 2), dtype=dtype)",
+    "new_empty": "torch.zeros(1, dtype=dtype).new_empty(2, 3)",
+}
+
+
+@pytest.mark.parametrize("call", ALLOCATIONS)
+def test_frkd_allocations_are_poisoned(call):
+    namespace = {"__name__": "frkd_kernels.some_backend", "torch": torch}
+    for dtype, check in ((torch.float32, torch.isnan), (torch.bfloat16, torch.isnan),
+                         (torch.int32, lambda t: t == 0x5A5A), (torch.uint8, lambda t: t == 0xA5)):
+        namespace["dtype"] = dtype
+        out = eval(ALLOCATIONS[call], namespace)
+        assert bool(check(out).all()), f"{call} from frkd_kernels was not poisoned for {dtype}: {out}"
+
