@@ -12,13 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (HALF_DTYPES, INTERPRET, block, check_dtypes, copy_back, on_device, output_view,
+from ._common import (INTERPRET, block, check_dtypes, copy_back, on_device, output_view,
                       pixel_view, warps)
 from .class_sum import class_sums
 
 FORWARD_BLOCK_P = 64
 FORWARD_MAX_BLOCK_C = 64
-FORWARD_MAX_BLOCK_K = 32
+FORWARD_MAX_BLOCK_K = 64
 BACKWARD_BLOCK_P = 64
 BACKWARD_MAX_BLOCK_C = 64
 FINALIZE_MAX_BLOCK_C = 256
@@ -64,7 +64,7 @@ def _cdm_forward_kernel(
             f32 = f.to(tl.float32)
             f_sq += tl.sum(f32 * f32, axis=1)
             c_sq += tl.sum(c * c, axis=0)
-            if SPLIT_PROTOS:  # 16-bit features are exact; prototypes as high + low 16-bit halves
+            if SPLIT_PROTOS:  # bf16 features are exact; prototypes as high + low bf16 halves
                 c_high = c.to(f.dtype)
                 dots = tl.dot(f, c_high, dots)
                 dots = tl.dot(f, (c - c_high.to(tl.float32)).to(f.dtype), dots)
@@ -225,7 +225,9 @@ def class_distance_maps(feat, labels, protos, counts, ignore_index: int, eps: fl
     labels, *l_strides = pixel_view(labels)
     block_c = block(C, 16, FORWARD_MAX_BLOCK_C)
     block_k = block(K, 16, FORWARD_MAX_BLOCK_K)
-    split = feat.dtype in HALF_DTYPES and not (INTERPRET and feat.dtype == torch.bfloat16)
+    # bf16 shares fp32's exponent range, so its high + low halves cannot overflow (fp16's could);
+    # the interpreter's bf16 tl.dot is broken, so there the fp32 path serves
+    split = feat.dtype == torch.bfloat16 and not INTERPRET
     with on_device(feat.device):
         _cdm_forward_kernel[(triton.cdiv(N, FORWARD_BLOCK_P), B)](
             feat, labels, protos, counts, intra, inter, inter_class, N, C, K, ignore_index, eps,

@@ -18,7 +18,7 @@ from ._common import HALF_DTYPES, INTERPRET, block, target_programs, warps
 
 BLOCK_P = 64
 MAX_BLOCK_C = 64
-MAX_BLOCK_K = 32
+MAX_BLOCK_K = 64
 
 
 @triton.jit
