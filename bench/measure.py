@@ -1,11 +1,13 @@
-"""Measure one (workload, shape, provider) in every mode: time, peak memory, GB/s, error vs eager."""
+"""Measure one workload on one shape, for every provider and mode: time, peak memory, GB/s,
+speed-ups over the peers and the forward's difference from the eager reference."""
 from __future__ import annotations
 
 import torch
 
 from . import inputs as bench_inputs
+from .providers import PEERS
 from .shapes import Shape
-from .timing import peak_memory_bytes, time_fn
+from .timing import peak_memory_bytes, time_all
 from .workloads import Workload
 
 MODES = ("forward", "backward", "forward+backward")
@@ -38,41 +40,74 @@ def max_abs_diff(outputs, expected) -> float:
     return max(diffs, default=0.0)
 
 
-def measure(workload: Workload, shape: Shape, provider: str, run, x: dict, expected, *, device, modes,
-            feature_size: int, label_size: int, copy_gbs: float, warmup: int, repeats: int) -> list[dict]:
-    """One row per mode (see ``bench/run.py`` for the fields); ``expected``: the eager outputs."""
+def _error(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _prepare(mode, run, x, diff_or_error):
+    """The warmed-up callable for ``mode``, or the exception that stopped it."""
+    if isinstance(diff_or_error, Exception):
+        return diff_or_error
+    try:
+        fn = mode_fn(mode, run, x)
+        fn()  # warm-up of this mode (compiles the backward for ``compile``)
+        return fn
+    except Exception as exc:  # a backend not written yet, out of memory, ...: reported in its row
+        return exc
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """speedup_vs[peer] = the peer's median / this row's median (same workload, shape, mode)."""
+    by_provider = {r["provider"]: r for r in rows}
+    for r in rows:
+        for peer in PEERS:
+            other = by_provider.get(peer)
+            if other is not None and other is not r and r["median_ms"] and other["median_ms"]:
+                r["speedup_vs"][peer] = other["median_ms"] / r["median_ms"]
+
+
+def measure_workload(workload: Workload, shape: Shape, runs: dict, x: dict, expected: list, *, device, modes,
+                     feature_size: int, label_size: int, copy_gbs: float, warmup: int, repeats: int) -> list[dict]:
+    """One row per (provider, mode); ``runs``: {provider: inputs -> outputs}; ``expected``: eager's outputs."""
     leaves = leaves_of(x)
     fwd_bytes, bwd_bytes = workload.bytes(shape, feature_size, label_size)
     moved = {"forward": fwd_bytes, "backward": bwd_bytes, "forward+backward": fwd_bytes + bwd_bytes}
-    base = {"workload": workload.name, "shape": shape.name, "dims": shape.dims(), "provider": provider}
-    try:
-        diff = max_abs_diff(run(x), expected)  # also the first warm-up (compiles for ``compile``)
-        first_error = None
-    except Exception as exc:
-        diff, first_error = None, exc
+    diffs = {}
+    for provider, run in runs.items():
+        try:
+            diffs[provider] = max_abs_diff(run(x), expected)  # also the first warm-up (compiles ``compile``)
+        except Exception as exc:
+            diffs[provider] = exc
     rows = []
     for mode in modes:
         if mode != "forward" and not workload.differentiable:
             continue
-        row = dict(base, mode=mode, max_abs_diff_vs_eager=diff, bytes=moved[mode], speedup_vs={}, error=None)
-        try:
-            if first_error is not None:
-                raise first_error
-            fn = mode_fn(mode, run, x)
-            fn()  # warm-up of this mode (compiles the backward for ``compile``)
-            timing = time_fn(fn, device, leaves, warmup=warmup, repeats=repeats)
-            peak = peak_memory_bytes(fn, device, leaves)
-        except Exception as exc:  # a backend not written yet, OOM, ...: keep going, report it
-            row.update(median_ms=None, p20_ms=None, p80_ms=None, peak_mem_mib=None, gb_per_s=None,
-                       pct_copy_bw=None, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        else:
-            gbs = moved[mode] / (timing.median_ms * 1e-3) / 1e9
-            row.update(median_ms=timing.median_ms, p20_ms=timing.p20_ms, p80_ms=timing.p80_ms,
-                       peak_mem_mib=None if peak is None else peak / 2**20, gb_per_s=gbs,
-                       pct_copy_bw=100 * gbs / copy_gbs)
-        rows.append(row)
+        fns = {p: _prepare(mode, run, x, diffs[p]) for p, run in runs.items()}
+        timings = time_all({p: fn for p, fn in fns.items() if not isinstance(fn, Exception)}, device, leaves,
+                           warmup=warmup, repeats=repeats)
+        mode_rows = []
+        for provider, fn in fns.items():
+            result = fn if isinstance(fn, Exception) else timings[provider]
+            diff = diffs[provider]
+            row = {"workload": workload.name, "shape": shape.name, "dims": shape.dims(), "provider": provider,
+                   "mode": mode, "max_abs_diff_vs_eager": None if isinstance(diff, Exception) else diff,
+                   "bytes": moved[mode], "speedup_vs": {}, "error": None}
+            if isinstance(result, Exception):
+                row.update(median_ms=None, p20_ms=None, p80_ms=None, min_ms=None, peak_mem_mib=None,
+                           gb_per_s=None, pct_copy_bw=None, error=_error(result))
+            else:
+                peak = peak_memory_bytes(fn, device, leaves)
+                gbs = moved[mode] / (result.median_ms * 1e-3) / 1e9
+                row.update(median_ms=result.median_ms, p20_ms=result.p20_ms, p80_ms=result.p80_ms,
+                           min_ms=result.min_ms, peak_mem_mib=None if peak is None else peak / 2**20,
+                           gb_per_s=gbs, pct_copy_bw=100 * gbs / copy_gbs)
+            mode_rows.append(row)
+        add_speedups(mode_rows)
+        rows.extend(mode_rows)
+        del fns
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     for t in leaves:
         t.grad = None
     return rows

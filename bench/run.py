@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as ``python bench/run.py``
 import torch  # noqa: E402
 
 from bench import providers, report, shapes  # noqa: E402
-from bench.measure import MODES, leaves_of, measure  # noqa: E402
+from bench.measure import MODES, measure_workload  # noqa: E402
 from bench.timing import copy_bandwidth_gbs  # noqa: E402
 from bench.workloads import WORKLOADS  # noqa: E402
 
@@ -48,8 +48,11 @@ def parse_args(argv):
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="feature and logit dtype")
     p.add_argument("--warmup", type=int, default=2, help="CPU: untimed calls before timing")
     p.add_argument("--repeats", type=int, default=10, help="CPU: timed calls (median reported)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU: torch.set_num_threads (also OpenMP's) for the run; default: torch's choice")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/<device>.json)")
-    p.add_argument("--markdown", default=None, help="markdown file whose bench:<device> section is rewritten")
+    p.add_argument("--markdown", default=None,
+                   help="markdown file whose bench:<device> section (bench:<device>-<N>t with --threads N) is rewritten")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False (use --device cpu)")
@@ -86,21 +89,10 @@ def _triton_version() -> str:
     return triton.__version__
 
 
-def add_speedups(rows: list[dict]) -> None:
-    """speedup_vs[peer] = peer's median / this row's median, within one (workload, shape, mode)."""
-    groups: dict[tuple, dict[str, dict]] = {}
-    for r in rows:
-        groups.setdefault((r["workload"], r["shape"], r["mode"]), {})[r["provider"]] = r
-    for group in groups.values():
-        for r in group.values():
-            for peer in providers.PEERS:
-                other = group.get(peer)
-                if other is not None and other is not r and r["median_ms"] and other["median_ms"]:
-                    r["speedup_vs"][peer] = other["median_ms"] / r["median_ms"]
-
-
-def run(args) -> dict:
+def run(args, argv: list[str]) -> dict:
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
     shape_list = shapes.resolve(args.shapes or ["gpu" if device.type == "cuda" else "cpu"])
     repeats = min(args.repeats, 3) if args.quick else args.repeats
@@ -120,23 +112,20 @@ def run(args) -> dict:
             x = workload.make_inputs(shape, device, dtype)
             label_size = x["labels"].element_size() if "labels" in x else 0
             expected = [o.detach() for o in providers.forward_fn("eager", workload)(x)]
-            for provider, why in live.items():
-                fn = None if why else providers.forward_fn(provider, workload)
-                if fn is None:
-                    continue
-                new = measure(workload, shape, provider, fn, x, expected, device=device, modes=args.modes,
-                              feature_size=feature_size, label_size=label_size, copy_gbs=copy_gbs,
-                              warmup=args.warmup, repeats=repeats)
-                for r in new:
-                    timing = f"{r['median_ms']:.3f} ms" if r["error"] is None else r["error"]
-                    print(f"{shape.name:>14} {name:>20} {provider:>10} {r['mode']:>16}: {timing}", flush=True)
-                rows.extend(new)
+            runs = {p: fn for p, why in live.items() if not why and (fn := providers.forward_fn(p, workload))}
+            new = measure_workload(workload, shape, runs, x, expected, device=device, modes=args.modes,
+                                   feature_size=feature_size, label_size=label_size, copy_gbs=copy_gbs,
+                                   warmup=args.warmup, repeats=repeats)
+            for r in new:
+                timing = f"{r['median_ms']:.3f} ms" if r["error"] is None else r["error"]
+                print(f"{shape.name:>14} {name:>20} {r['provider']:>10} {r['mode']:>16}: {timing}", flush=True)
+            rows.extend(new)
             del x, expected
-    add_speedups(rows)
     timer = ("triton.testing.do_bench, quantiles 0.5/0.2/0.8, L2 flushed between calls" if device.type == "cuda"
-             else f"time.perf_counter, {args.warmup} warm-up + {repeats} timed calls, median and 20/80 % quantiles")
+             else f"time.perf_counter, {args.warmup} warm-up + {repeats} timed rounds interleaving the providers, "
+                  "median and 20/80 % quantiles")
     meta = {
-        "command": "python -m bench " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m bench", *argv]),
         "device": device.type, "device_name": _device_name(device), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "triton": _triton_version(), "commit": _commit(),
         "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -150,14 +139,16 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    result = run(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    result = run(args, argv)
     out = args.out or str(REPO / "bench" / "results" / f"{args.device}.json")
     report.write_json(out, result)
     print(f"wrote {out}")
     if args.markdown:
-        report.write_markdown(args.markdown, args.device, report.markdown(result))
-        print(f"updated the bench:{args.device} section of {args.markdown}")
+        section = args.device + (f"-{args.threads}t" if args.threads else "")
+        report.write_markdown(args.markdown, section, report.markdown(result))
+        print(f"updated the bench:{section} section of {args.markdown}")
     return 0
 
 

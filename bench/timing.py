@@ -1,4 +1,4 @@
-"""Timers, peak memory and copy bandwidth: ``do_bench`` on GPU, ``perf_counter`` loops on CPU."""
+"""Timers, peak memory and copy bandwidth: ``do_bench`` on GPU, interleaved ``perf_counter`` on CPU."""
 from __future__ import annotations
 
 import time
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-QUANTILES = (0.5, 0.2, 0.8)
+QUANTILES = (0.5, 0.2, 0.8, 0.0)
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class Timing:
     median_ms: float
     p20_ms: float
     p80_ms: float
+    min_ms: float
 
 
 def _sync(device: torch.device):
@@ -26,28 +27,48 @@ def _clear_grads(leaves):
         t.grad = None
 
 
-def time_fn(fn, device: torch.device, leaves, *, warmup: int, repeats: int) -> Timing:
-    """Median and 20/80 % quantiles of ``fn()`` in ms; leaf gradients are cleared before each call.
+def _summary(times_ms: list[float]) -> Timing:
+    times = sorted(times_ms)
+    return Timing(*(times[round(q * (len(times) - 1))] for q in QUANTILES))
 
-    GPU: ``triton.testing.do_bench`` (it flushes L2 between calls; warmup/repeats are ignored).
-    CPU: ``warmup`` untimed calls, then ``repeats`` calls each timed with ``time.perf_counter``.
+
+def time_all(fns: dict, device: torch.device, leaves, *, warmup: int, repeats: int) -> dict:
+    """{name: Timing, or the exception it raised} for each ``fns[name]()``, in ms; the leaves'
+    gradients are cleared before every call.
+
+    GPU: ``triton.testing.do_bench`` per function (L2 flushed between calls; warmup/repeats unused).
+    CPU: ``warmup`` untimed rounds, then ``repeats`` rounds; each round calls every function once,
+    timed with ``time.perf_counter``. Interleaving spreads the load of a shared machine evenly
+    over the functions, so their ratios stay fair when the absolute times drift.
     """
+    out: dict = {}
     if device.type == "cuda":
         import triton.testing
 
-        return Timing(*triton.testing.do_bench(fn, grad_to_none=list(leaves), quantiles=list(QUANTILES)))
-    for _ in range(warmup):
-        _clear_grads(leaves)
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        _clear_grads(leaves)
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    pick = [times[round(q * (len(times) - 1))] for q in QUANTILES]
-    return Timing(*pick)
+        for name, fn in fns.items():
+            try:
+                out[name] = Timing(*triton.testing.do_bench(fn, grad_to_none=list(leaves), quantiles=list(QUANTILES)))
+            except Exception as exc:  # e.g. out of memory: reported in that provider's row
+                out[name] = exc
+        return out
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(warmup + max(1, repeats)):
+        for name, fn in fns.items():
+            if name in out:  # failed earlier
+                continue
+            _clear_grads(leaves)
+            try:
+                start = time.perf_counter()
+                fn()
+                elapsed = (time.perf_counter() - start) * 1e3
+            except Exception as exc:
+                out[name] = exc
+                continue
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    for name in fns:
+        out.setdefault(name, _summary(times[name]))
+    return out
 
 
 def peak_memory_bytes(fn, device: torch.device, leaves) -> int | None:
@@ -67,5 +88,7 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int, *, warmup: int, repeat
     """Measured device-to-same-device copy bandwidth (GB/s = 1e9 B/s; bytes read + written)."""
     src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    timing = time_fn(lambda: dst.copy_(src), device, (), warmup=warmup, repeats=repeats)
+    timing = time_all({"copy": lambda: dst.copy_(src)}, device, (), warmup=warmup, repeats=repeats)["copy"]
+    if isinstance(timing, Exception):
+        raise timing
     return 2 * nbytes / (timing.median_ms * 1e-3) / 1e9
