@@ -86,7 +86,7 @@ def markdown(result: dict) -> str:
     for name in workloads:
         mine = [r for r in rows if r["workload"] == name]
         peers = [p for p in PEERS if any(p in r["speedup_vs"] for r in mine)]
-        lines += ["", f"**{name}**", ""] + _table(mine, peers)
+        lines += ["", f"**{name}**: {m['workloads'][name]}", ""] + _table(mine, peers)
     return "\n".join(lines) + "\n"
 
 

@@ -134,6 +134,7 @@ def run(args, argv: list[str]) -> dict:
         "load_before": load_before, "load_after": os.getloadavg()[0],
         "providers": live, "skipped_workloads": skipped,
         "shapes": {s.name: s.dims() for s in shape_list},
+        "workloads": {name: WORKLOADS[name].description for name in args.ops if name not in skipped},
     }
     return {"meta": meta, "results": rows}
 

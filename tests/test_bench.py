@@ -73,7 +73,7 @@ def test_markdown_section_is_rewritten_and_the_rest_kept(tiny_run):
     assert "stale table" not in text and text.count("<!-- bench:cpu:begin -->") == 1
     assert result["meta"]["command"] in text
     for name in WORKLOADS:
-        assert f"**{name}**" in text
+        assert f"**{name}**: {WORKLOADS[name].description}" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| tiny | `")]
     assert len(table_rows) == len(WORKLOADS) * (len(PROVIDERS) - 1) + 1  # the loop runs the IFV term only
 
