@@ -65,7 +65,7 @@ def test_gradcheck_class_distance_maps(backend_device, seed):
     shape = (2, 3, 3, 4)
     feat = random_feat(gen, *shape, dtype=torch.float64)
     labels = _labels(gen, shape, 3)
-    counts = _counts(feat, labels, 3, torch.float64)
+    counts = _counts(feat, labels, 3, torch.float64).to(device)
     protos = random_protos(gen, counts, 3, torch.float64).to(device).requires_grad_()
     feat, labels = feat.to(device).requires_grad_(), labels.to(device)
     with frkd_kernels.use_backend(backend):
@@ -114,38 +114,39 @@ def _prototype_pool_case(backend, device, dtype, layout, seed):
     with frkd_kernels.use_backend(backend):
         protos, _ = frkd_kernels.prototype_pool(x, with_layout(labels.to(device), layout), K)
         (got,) = torch.autograd.grad(protos, x, grad_protos.to(device))
-    assert_close(got, naive.prototype_pool_grad(grad_protos, feat, labels, K), dtype, "grad feat")
+    assert_close(got, naive.prototype_pool_grad(grad_protos, feat, labels, K), what="grad feat")
 
 
-def _class_distance_maps_case(backend, device, dtype, layout, seed):
+def _class_distance_maps_case(backend, device, dtype, layout, seed, protos_dtype=None):
     gen = torch.Generator().manual_seed(seed)
     feat, labels = random_feat(gen, *SHAPE, dtype=dtype, zero_pixels=True), _labels(gen)
-    counts = _counts(feat, labels)
-    protos = random_protos(gen, counts, SHAPE[1], dtype)
+    counts = _counts(feat, labels).to(device)
+    protos = random_protos(gen, counts, SHAPE[1], protos_dtype or dtype)
     grad_intra, grad_inter = torch.randn(2, SHAPE[0], SHAPE[2], SHAPE[3], generator=gen)
     x, p = _leaf(feat.to(device), layout), _leaf(protos.to(device), layout)
     with frkd_kernels.use_backend(backend):
         intra, inter = frkd_kernels.class_distance_maps(x, with_layout(labels.to(device), layout), p, counts)
-        got_feat, got_protos = torch.autograd.grad((intra, inter), (x, p), (grad_intra.to(device), grad_inter.to(device)))
+        upstream = (grad_intra.to(device), grad_inter.to(device))
+        got_feat, got_protos = torch.autograd.grad((intra, inter), (x, p), upstream)
     want_feat, want_protos = naive.class_distance_maps_grad(grad_intra, grad_inter, feat, labels, protos, counts)
-    assert_close(got_feat, want_feat, dtype, "grad feat")
-    assert_close(got_protos, want_protos, dtype, "grad protos")
+    assert_close(got_feat, want_feat, what="grad feat")
+    assert_close(got_protos, want_protos, what="grad protos")
     zero = feat.flatten(2).abs().sum(1) == 0
     assert torch.all(got_feat.cpu().flatten(2).transpose(1, 2)[zero] == 0), "a zero feature must get no gradient"
     assert torch.all(got_protos.cpu()[counts.cpu() == 0] == 0), "an absent class's prototype must get no gradient"
 
 
-def _masked_feature_mse_case(backend, device, dtype, layout, seed):
+def _masked_feature_mse_case(backend, device, dtype, layout, seed, teacher_dtype=None):
     gen = torch.Generator().manual_seed(seed)
-    student, teacher = random_feat(gen, *SHAPE, dtype=dtype), random_feat(gen, *SHAPE, dtype=dtype)
+    student, teacher = random_feat(gen, *SHAPE, dtype=dtype), random_feat(gen, *SHAPE, dtype=teacher_dtype or dtype)
     weight = torch.rand(SHAPE[0], *SHAPE[2:], generator=gen)
     s, t = _leaf(student.to(device), layout), _leaf(teacher.to(device), layout)
     with frkd_kernels.use_backend(backend):
         loss = frkd_kernels.masked_feature_mse(s, t, with_layout(weight.to(device), layout))
         got_s, got_t = torch.autograd.grad(loss, (s, t), torch.tensor(0.37, device=device))
     want_s, want_t = naive.masked_feature_mse_grad(0.37, student, teacher, weight)
-    assert_close(got_s, want_s, dtype, "grad student")
-    assert_close(got_t, want_t, dtype, "grad teacher")
+    assert_close(got_s, want_s, what="grad student")
+    assert_close(got_t, want_t, what="grad teacher")
 
 
 GRAD_CASES = {
@@ -163,6 +164,14 @@ def test_grad_matches_naive(backend_device, op, dtype, layout):
     GRAD_CASES[op](backend, device, dtype, layout, _seed(op, dtype, layout))
 
 
+@pytest.mark.parametrize("low", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize("op", ("class_distance_maps", "masked_feature_mse"))
+def test_grad_mixed_dtypes_match_naive(backend_device, op, low):
+    """Low-precision features against float32 prototypes / a float32 teacher."""
+    backend, device = backend_device
+    GRAD_CASES[op](backend, device, low, "contiguous", _seed(op, low), torch.float32)
+
+
 def test_grad_through_prototypes_matches_naive(backend_device):
     backend, device = backend_device
     gen = torch.Generator().manual_seed(17)
@@ -176,6 +185,23 @@ def test_grad_through_prototypes_matches_naive(backend_device):
     want_protos, want_counts = naive.prototype_pool(feat, labels, K)
     direct, via_protos = naive.class_distance_maps_grad(grad_intra, grad_inter, feat, labels, want_protos, want_counts)
     assert_close(got, direct + naive.prototype_pool_grad(via_protos, feat, labels, K), what="grad feat")
+
+
+def test_inter_ties_route_the_gradient_to_the_lowest_class(backend_device):
+    """Two identical present prototypes: inter is their cosine, and its gradient goes to the lower class."""
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(8)
+    feat = random_feat(gen, 1, 6, 2, 3).to(device)
+    labels = torch.zeros(1, 2, 3, dtype=torch.int64, device=device)
+    protos = torch.randn(1, 3, 6, generator=gen)
+    protos[0, 2] = protos[0, 1]
+    protos = protos.to(device).requires_grad_()
+    counts = torch.ones(1, 3, device=device)
+    with frkd_kernels.use_backend(backend):
+        _, inter = frkd_kernels.class_distance_maps(feat, labels, protos, counts)
+        (grad,) = torch.autograd.grad(inter.sum(), protos)
+    assert_close(inter, naive.class_distance_maps(feat, labels, protos, counts)[1], what="inter")
+    assert grad[0, 1].abs().sum() > 0 and torch.all(grad[0, 2] == 0), f"ties go to the lowest class: {grad}"
 
 
 # --- the backward ops: dtype and layout of each gradient --------------------------------------
@@ -276,7 +302,8 @@ def _first_grads(op, backend, device):
             protos, counts = frkd_kernels.prototype_pool(feat, labels, K)
             return frkd_kernels.class_distance_maps(feat, labels, protos, counts)[1], (feat,)
         teacher = random_feat(gen, *SHAPE).to(device).requires_grad_()
-        return frkd_kernels.masked_feature_mse(feat, teacher, torch.ones_like(labels, dtype=torch.float32)), (feat, teacher)
+        weight = torch.ones_like(labels, dtype=torch.float32)
+        return frkd_kernels.masked_feature_mse(feat, teacher, weight), (feat, teacher)
 
 
 @pytest.mark.parametrize("op", GRAD_CASES)

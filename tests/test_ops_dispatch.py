@@ -135,7 +135,7 @@ def _loss(op, inputs):
     if op == "class_distance_maps":
         protos, counts = frkd_kernels.prototype_pool(feat.detach(), labels, K)
         return sum(m.sum() for m in frkd_kernels.class_distance_maps(feat, labels, protos, counts))
-    return frkd_kernels.masked_feature_mse(feat, feat.detach() + 1, torch.ones(labels.shape))
+    return frkd_kernels.masked_feature_mse(feat, feat.detach() + 1, torch.ones(labels.shape, device=feat.device))
 
 
 def _backward_elsewhere(loss):

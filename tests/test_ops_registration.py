@@ -11,7 +11,8 @@ import frkd_kernels
 from naive import random_feat, random_labels, with_layout
 
 DESIGN_SCHEMAS = {  # DESIGN §2, verbatim
-    "prototype_pool": "(Tensor feat, Tensor labels, int num_classes, int ignore_index=255) -> (Tensor protos, Tensor counts)",
+    "prototype_pool": "(Tensor feat, Tensor labels, int num_classes, int ignore_index=255) "
+                      "-> (Tensor protos, Tensor counts)",
     "class_distance_maps": "(Tensor feat, Tensor labels, Tensor protos, Tensor counts, int ignore_index=255, "
                            "float eps=1e-8) -> (Tensor intra, Tensor inter)",
     "masked_feature_mse": "(Tensor student, Tensor teacher, Tensor weight) -> Tensor",
