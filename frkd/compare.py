@@ -1,0 +1,305 @@
+"""``python -m frkd.compare``: the method table on the synthetic benchmark.
+
+One teacher (trained once into <out-dir>/teacher.pt, or --teacher-ckpt) is shared by every row; each
+row (``none``, every distillation method, FRKD ablations) trains the student for the same number of
+iterations once per seed. The seed sets the student's init and data order; the train and val images
+are fixed (``data_seed``). Each (row, seed) run is a child process (so its peak memory is its own)
+that reuses the trainer (``frkd.engine.Trainer``); its result is appended to <out-dir>/results.jsonl,
+and a rerun skips the finished (row, seed) pairs and resumes an interrupted run from its last.pt.
+Outputs: results.jsonl, table.md, miou.png, config.json, runs/<row>-s<seed>/ (checkpoints, logs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+
+BENCHMARK = dict(  # sized so that 3 seeds × 12 rows run in < 3 h on 2 CPU cores (docs/method.md)
+    num_classes=8, crop_size=[64, 64], train_length=1000, val_length=100, data_seed=0,
+    teacher_backbone="resnet50", teacher_width=16, teacher_iterations=800,
+    student_backbone="resnet18", width=8, iterations=300, batch_size=8, lr=0.02)
+QUICK = dict(BENCHMARK, teacher_iterations=150, iterations=40)
+ABLATIONS = {  # row name -> FRKD flags switching one part off
+    "frkd-no-pseudo-filter": ["--no-pseudo-filter"],
+    "frkd-no-fgbg": ["--no-fgbg"],
+    "frkd-no-coord-mask": ["--no-coord-mask"],
+    "frkd-no-intra": ["--lambda-intra", "0"],
+    "frkd-no-inter": ["--lambda-inter", "0"],
+}
+SIZE_FLAGS = ("iterations", "teacher_iterations", "width", "teacher_width", "teacher_backbone", "batch_size")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .losses import LOSSES
+
+    p = argparse.ArgumentParser(prog="python -m frkd.compare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out-dir", default="runs/compare", help="results, table, chart and per-run folders")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="student seeds (default: 0 1 2; --quick: 0). Tune on other seeds than the table's")
+    p.add_argument("--methods", nargs="+", default=list(LOSSES), choices=list(LOSSES), help="rows of the registry")
+    p.add_argument("--no-ablations", action="store_true", help="leave out the FRKD ablation rows")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: short teacher and student schedules, one seed, no ablations")
+    p.add_argument("--frkd-flags", default="", help="extra loss flags for every frkd row, e.g. '--lambda-intra 5'")
+    p.add_argument("--teacher-ckpt", default=None, help="use this teacher instead of training one")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: torch's; 1 is faster on a busy machine)")
+    for name in SIZE_FLAGS:
+        kind = str if name == "teacher_backbone" else int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                       help=f"benchmark size override (default {BENCHMARK[name]}, --quick {QUICK[name]})")
+    return p
+
+
+def benchmark_config(args) -> dict:
+    """The benchmark (data, models, schedule) of this invocation; results in one out dir share it."""
+    config = dict(QUICK if args.quick else BENCHMARK)
+    for name in SIZE_FLAGS:
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    config["frkd_flags"] = shlex.split(args.frkd_flags)
+    config["teacher_ckpt"] = os.path.abspath(args.teacher_ckpt) if args.teacher_ckpt else None
+    return config
+
+
+def table_rows(methods: list[str], ablations: bool, frkd_flags: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(row name, method, loss flags) in table order: ``none`` first, ablations after ``frkd``."""
+    rows = [(m, m, list(frkd_flags) if m == "frkd" else []) for m in (["none"] + [m for m in methods if m != "none"])]
+    if ablations and "frkd" in methods:
+        rows += [(name, "frkd", list(frkd_flags) + flags) for name, flags in ABLATIONS.items()]
+    return rows
+
+
+def benchmark_datasets(config: dict):
+    """(train, val) synthetic datasets; their images depend on config['data_seed'] only."""
+    from .data import build_dataset
+
+    common = dict(crop_size=tuple(config["crop_size"]), seed=config["data_seed"], num_classes=config["num_classes"])
+    return (build_dataset("synthetic", None, "train", train=True, length=config["train_length"], **common),
+            build_dataset("synthetic", None, "val", train=False, length=config["val_length"], **common))
+
+
+def train_argv(config: dict, *, method: str, flags: list[str], seed: int, out_dir: str, device: str,
+               teacher_ckpt: str | None) -> list[str]:
+    """``frkd.train`` flags for one run, so that it takes the trainer's defaults and checks."""
+    iterations = config["iterations"]
+    argv = ["--dataset", "synthetic", "--method", method, *flags, "--seed", str(seed),
+            "--crop-size", *map(str, config["crop_size"]), "--batch-size", str(config["batch_size"]),
+            "--lr", str(config["lr"]), "--max-iterations", str(iterations),
+            "--teacher-iterations", str(config["teacher_iterations"]), "--student-backbone", config["student_backbone"],
+            "--width", str(config["width"]), "--teacher-backbone", config["teacher_backbone"],
+            "--teacher-width", str(config["teacher_width"]), "--val-per-iters", str(iterations),
+            "--save-per-iters", str(max(1, iterations // 4)), "--log-per-iters", str(max(1, min(10, iterations))),
+            "--workers", "0", "--device", device, "--out-dir", out_dir, "--resume", "auto"]
+    return argv + (["--teacher-ckpt", teacher_ckpt] if teacher_ckpt else [])
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MB; None where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def seconds_per_iteration(metrics_path: str, phase: str = "student") -> float | None:
+    """1 / the trainer's last logged it/s of ``phase`` (training steps only, evaluation excluded)."""
+    from .run_log import read_records
+
+    rates = [r["it_per_s"] for r in read_records(metrics_path) if r.get("phase") == phase and r.get("it_per_s")]
+    return 1.0 / rates[-1] if rates else None
+
+
+def train_student(job: dict) -> dict:
+    """Trains one (row, seed) student with the trainer; returns its result record."""
+    import torch
+
+    from .cli import parse_args
+    from .distributed import init_distributed
+    from .engine import Trainer
+    from .losses import build_loss, loss_options
+    from .models import build_model
+    from .run_log import MetricsLog
+    from .train import load_teacher, model_config, resume_path, run_phase, seed_everything
+
+    args = parse_args(job["argv"])
+    env = init_distributed(args.device)
+    train_set, val_set = benchmark_datasets(job["config"])
+    num_classes = train_set.num_classes
+    teacher = None
+    if args.method != "none":
+        expected = model_config(args.teacher_model, args.teacher_backbone, num_classes, args.teacher_width)
+        teacher, _, _, _ = load_teacher(args, env, args.teacher_ckpt, expected)
+    cuda = env.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(env.device)
+    rss_before = proc_status_mb("VmRSS")
+    started = time.time()
+    seed_everything(args.seed)
+    student = build_model(args.student_model, args.student_backbone, num_classes, width=args.width)
+    distill = None
+    if teacher is not None:
+        distill = build_loss(args.method, num_classes=num_classes, student_channels=student.feat_channels,
+                             teacher_channels=teacher.feat_channels, ignore_index=255, **loss_options(args))
+    trainer = Trainer(phase="student", model=student, teacher=teacher, distill=distill, train_set=train_set,
+                      val_set=val_set, num_classes=num_classes, max_iterations=args.max_iterations, args=args,
+                      env=env, out_dir=args.out_dir, log=MetricsLog(args.out_dir),
+                      model_config=model_config(args.student_model, args.student_backbone, num_classes, args.width))
+    result = run_phase(trainer, env, resume_path(args, args.out_dir))
+    if cuda:
+        peak, kind = torch.cuda.max_memory_allocated(env.device) / 2**20, "cuda_max_allocated"
+    else:
+        hwm = proc_status_mb("VmHWM")
+        peak = hwm - rss_before if hwm is not None and rss_before is not None else None
+        kind = "cpu_rss_delta"
+    return {"miou": result["miou"], "pixel_acc": result["pixel_acc"], "per_class_iou": result["per_class_iou"],
+            "best_miou": trainer.best_miou, "iterations": trainer.iteration,
+            "s_per_iter": seconds_per_iteration(os.path.join(args.out_dir, "metrics.jsonl")),
+            "peak_mem_mb": peak, "peak_mem_kind": kind, "wall_s": time.time() - started, "device": str(env.device)}
+
+
+def _child_main(job: dict, result_path: str) -> None:
+    """Child process entry: logs to <run dir>/train.log, writes the record to ``result_path``."""
+    os.makedirs(job["run_dir"], exist_ok=True)
+    log = open(os.path.join(job["run_dir"], "train.log"), "a", buffering=1)
+    sys.stdout = sys.stderr = log
+    set_threads(job["threads"])
+    record = train_student(job)
+    with open(result_path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(result_path + ".tmp", result_path)
+
+
+def run_in_child(job: dict) -> dict | None:
+    """Runs ``train_student`` in a fresh process; the record, or None when the run failed or stopped."""
+    result_path = os.path.join(job["run_dir"], "result.json")
+    if os.path.exists(result_path):
+        os.remove(result_path)
+    process = multiprocessing.get_context("spawn").Process(target=_child_main, args=(job, result_path))
+    process.start()
+    try:
+        process.join()
+    except KeyboardInterrupt:  # the child got the signal too: let it save last.pt
+        process.join()
+        raise
+    if process.exitcode != 0 or not os.path.exists(result_path):
+        return None
+    with open(result_path) as f:
+        return json.load(f)
+
+
+def check_config(out_dir: str, config: dict) -> None:
+    """Writes <out-dir>/config.json, or refuses when the out dir holds results of another benchmark."""
+    path = os.path.join(out_dir, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        differs = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+        if differs:
+            raise SystemExit(f"frkd.compare: --out-dir {out_dir} holds results of another benchmark (differs in "
+                             f"{', '.join(differs)}); use another --out-dir or delete it")
+        return
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def obtain_teacher(config: dict, out_dir: str, device: str) -> dict:
+    """Trains (or reuses, or loads) the shared teacher; returns {"name", "path", "miou"}."""
+    from .cli import parse_args
+    from .distributed import init_distributed
+    from .inference import evaluate
+    from .run_log import MetricsLog
+    from .train import obtain_teacher as train_or_load_teacher
+
+    argv = train_argv(config, method="kd", flags=[], seed=config["data_seed"], out_dir=out_dir, device=device,
+                      teacher_ckpt=config["teacher_ckpt"])
+    args = parse_args(argv + ["--val-per-iters", str(config["teacher_iterations"]),
+                              "--save-per-iters", str(max(1, config["teacher_iterations"] // 4))])
+    env = init_distributed(args.device)
+    train_set, val_set = benchmark_datasets(config)
+    teacher, model, miou, _ = train_or_load_teacher(args, env, train_set, val_set, train_set.num_classes,
+                                                    MetricsLog(out_dir))
+    if miou is None:  # a foreign checkpoint: measure it on the fixed val set
+        from torch.utils.data import DataLoader
+        miou = evaluate(teacher.to(env.device).eval(), DataLoader(val_set, batch_size=8), train_set.num_classes,
+                        env.device)["miou"]
+    path = config["teacher_ckpt"] or os.path.join(out_dir, "teacher.pt")
+    return {"name": f"{model['arch']}-{model['backbone']} (width {model['width']})", "path": path, "miou": miou}
+
+
+def write_report(out_dir: str, results_path: str, rows, teacher: dict, config: dict) -> str:
+    from .compare_report import bar_chart, markdown_table, read_results, summarise
+
+    order = [name for name, _, _ in rows]
+    summary = summarise([r for r in read_results(results_path) if r["row"] in order], order)
+    student = f"{config['student_backbone']} (width {config['width']})"
+    table = markdown_table(summary, teacher, {**config, "student": student, "device": teacher["device"]})
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(table)
+    if summary:
+        bar_chart(summary, teacher, os.path.join(out_dir, "miou.png"))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .compare_report import append_result, read_results
+    from .distributed import resolve_device
+
+    args = build_parser().parse_args(argv)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    config = benchmark_config(args)
+    rows = table_rows(args.methods, not (args.no_ablations or args.quick), config["frkd_flags"])
+    os.makedirs(args.out_dir, exist_ok=True)
+    check_config(args.out_dir, config)
+    set_threads(args.threads)
+    device = str(resolve_device(args.device))
+    print(f"frkd.compare: {len(rows)} rows × seeds {seeds} on {device}; out {args.out_dir}", flush=True)
+    teacher = {**obtain_teacher(config, args.out_dir, device), "device": device}
+    print(f"teacher {teacher['name']}: mIoU {100 * teacher['miou']:.2f} ({teacher['path']})", flush=True)
+    results_path = os.path.join(args.out_dir, "results.jsonl")
+    done = {(r["row"], r["seed"]) for r in read_results(results_path)}
+    failed = []
+    for seed in seeds:
+        for name, method, flags in rows:
+            if (name, seed) in done:
+                continue
+            run_dir = os.path.join(args.out_dir, "runs", f"{name}-s{seed}")
+            job = {"config": config, "run_dir": run_dir, "threads": args.threads,
+                   "argv": train_argv(config, method=method, flags=flags, seed=seed, out_dir=run_dir, device=device,
+                                      teacher_ckpt=None if method == "none" else teacher["path"])}
+            record = run_in_child(job)
+            if record is None:
+                failed.append(f"{name} seed {seed} (see {os.path.join(run_dir, 'train.log')})")
+                print(f"  {name} seed {seed}: FAILED, see {os.path.join(run_dir, 'train.log')}", flush=True)
+                continue
+            append_result(results_path, {"row": name, "method": method, "flags": flags, "seed": seed, **record})
+            print(f"  {name} seed {seed}: mIoU {100 * record['miou']:.2f}, {record['s_per_iter']:.3f} s/iter, "
+                  f"{record['wall_s']:.0f} s", flush=True)
+            write_report(args.out_dir, results_path, rows, teacher, config)
+    print(write_report(args.out_dir, results_path, rows, teacher, config))
+    print(f"wrote {os.path.join(args.out_dir, 'table.md')}, miou.png, results.jsonl", flush=True)
+    if failed:
+        print("failed runs (rerun the same command to retry them): " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
