@@ -6,6 +6,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from frkd.data import build_dataset
+from frkd.data.synthetic import class_texture_and_colour
 from frkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # Cityscapes label id -> train id, as listed in cityscapesScripts' labels.py (written out here)
@@ -267,7 +268,9 @@ def test_without_set_epoch_torch_seed_drives_workers():
 
 
 def test_synthetic_is_deterministic_and_split_dependent():
-    make = lambda seed, split: build_dataset("synthetic", None, split, crop_size=(24, 32), train=False, seed=seed)  # noqa: E731
+    def make(seed, split):
+        return build_dataset("synthetic", None, split, crop_size=(24, 32), train=False, seed=seed)
+
     a, b = make(0, "train")[5], make(0, "train")[5]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[0].shape == (3, 24, 32) and a[1].shape == (24, 32)
@@ -294,8 +297,13 @@ def test_synthetic_classes_are_not_separable_by_mean_colour():
             if 1 <= k < 8:
                 raw_means[k].append(image[:, label == k].mean(1))
     centres = {k: torch.stack(v).mean(0) for k, v in raw_means.items() if v}
-    # classes 1 and 4 share a colour but not a texture: their mean colours are close
-    assert (centres[1] - centres[4]).norm() < 0.5 * (centres[1] - centres[2]).norm()
+    traits = {k: class_texture_and_colour(k) for k in centres}
+    same = [(a, b) for a in traits for b in traits if a < b and traits[a][1] == traits[b][1]]
+    other = [(a, b) for a in traits for b in traits if a < b and traits[a][1] != traits[b][1]]
+    assert same and all(traits[a][0] != traits[b][0] for a, b in same)
+    # classes sharing a colour (but not a texture) have closer mean colours than any other pair
+    closest_other = min((centres[a] - centres[b]).norm() for a, b in other)
+    assert max((centres[a] - centres[b]).norm() for a, b in same) < 0.5 * closest_other
 
 
 @pytest.mark.parametrize("kwargs, error, message", [

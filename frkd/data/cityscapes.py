@@ -69,5 +69,7 @@ class Cityscapes(FileSegmentationDataset):
         if not path.endswith(LABEL_IDS_SUFFIX):
             return label
         if label.min() < 0 or label.max() > 255:
-            raise ValueError(f"label {path}: Cityscapes label ids must lie in [0, 255], got [{label.min()}, {label.max()}]")
+            raise ValueError(
+                f"label {path}: Cityscapes label ids must lie in [0, 255], got [{label.min()}, {label.max()}]"
+            )
         return LABEL_ID_TO_TRAIN_ID[label]

@@ -2,32 +2,38 @@
 
 Needs no files. Each image (``image_size``, default ``crop_size``) shows 2–5 objects on a
 background; later objects occlude earlier ones.
-- Background (class 0): a smooth colour field of random hue plus a faint grating at a random
-  angle and pixel noise, so "striped" is not enough to say "object".
-- Object classes 1..K-1 (``num_classes`` = K, default 8, at most 22): a random shape (disc,
+- Background (class 0): a smooth greyish field (random level, slight tint) plus a faint
+  grating at a random angle and pixel noise, so "striped" is not enough to say "object".
+- Object classes 1..K-1 (``num_classes`` = K, default 8, at most 29): a random shape (disc,
   ellipse, rectangle, triangle or a band across the image) filled with the class's texture —
   horizontal stripes, vertical stripes, checkerboard, dots, concentric rings, diagonal
   cross-hatch or speckle — with a per-object period of 4–8 px (at 64 px) and phase, in the
-  class's colour. There are only 3 colours for the object classes, so colour alone never
-  identifies a class: a network has to recognise the texture (a local, frequency-level cue)
-  and tell it from the background's grating (contrast, orientation, extent), which a larger
-  network does better. Textures and colours are mirror-invariant, so h-flips keep classes.
+  class's saturated colour (red, blue, yellow, green; class k has texture (k-1) mod 7 and
+  colour (k-1) mod 4). Colour finds objects and narrows the class down quickly (a small
+  network gets that far), but classes sharing a colour (1 and 5, 2 and 6, 3 and 7 at K = 8)
+  differ only by texture, a local frequency-level cue that a larger network learns sooner:
+  that gap is what distillation can close. Textures and colours are mirror-invariant, so
+  h-flips keep classes.
 - Per image: brightness/contrast jitter and Gaussian pixel noise.
 - Labels: the class of each pixel, with 255 on a 1-pixel boundary where classes meet.
 ``length`` sets the number of samples (default 1000 for train, 100 otherwise); the train,
 val and test splits generate different images.
 """
+import math
+
 import numpy as np
 from PIL import Image
 
 from .base import SegmentationDataset, as_size
 
 TEXTURES = ("hstripes", "vstripes", "checker", "dots", "rings", "crosshatch", "speckle")
-OBJECT_COLOURS = np.array([[0.85, 0.25, 0.2], [0.2, 0.55, 0.9], [0.9, 0.8, 0.25]], dtype=np.float32)
+# red, blue, yellow, green: saturated, unlike the greyish background
+OBJECT_COLOURS = np.array([[0.85, 0.2, 0.15], [0.15, 0.4, 0.9], [0.9, 0.8, 0.2], [0.2, 0.75, 0.3]], dtype=np.float32)
+COLOUR_NAMES = ("red", "blue", "yellow", "green")
 SHAPES = ("disc", "ellipse", "rectangle", "triangle", "band")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 DEFAULT_LENGTHS = {"train": 1000}
-MAX_CLASSES = 1 + len(TEXTURES) * len(OBJECT_COLOURS)
+MAX_CLASSES = 1 + math.lcm(len(TEXTURES), len(OBJECT_COLOURS))
 
 
 def class_texture_and_colour(k: int) -> tuple[str, int]:
@@ -39,7 +45,7 @@ def synthetic_class_names(num_classes: int) -> tuple[str, ...]:
     names = ["background"]
     for k in range(1, num_classes):
         texture, colour = class_texture_and_colour(k)
-        names.append(f"{texture}-{'rby'[colour]}")
+        names.append(f"{texture}-{COLOUR_NAMES[colour]}")
     return tuple(names)
 
 
@@ -52,7 +58,10 @@ def _smooth_noise(rng, height: int, width: int, cells: int) -> np.ndarray:
 def _texture(name: str, rng, ys, xs, cy: float, cx: float, period: float) -> np.ndarray:
     """H×W pattern in [0, 1] of texture ``name`` around centre (cy, cx)."""
     phase = rng.uniform(0, 2 * np.pi)
-    wave = lambda t: 0.5 + 0.5 * np.sin(2 * np.pi * t / period + phase)  # noqa: E731
+
+    def wave(t):
+        return 0.5 + 0.5 * np.sin(2 * np.pi * t / period + phase)
+
     if name == "hstripes":
         return wave(ys)
     if name == "vstripes":
@@ -69,6 +78,8 @@ def _texture(name: str, rng, ys, xs, cy: float, cx: float, period: float) -> np.
         diagonal = (np.abs(xs - cx) + ys)  # mirror-symmetric about the object's vertical axis
         anti = (ys - np.abs(xs - cx))
         return np.maximum(wave(diagonal), wave(anti)) ** 3
+    if name != "speckle":
+        raise ValueError(f"synthetic: unknown texture {name!r}")
     grain = max(1, int(round(period / 3)))
     h, w = ys.shape
     cells = rng.random((h // grain + 1, w // grain + 1)) > 0.5
@@ -102,11 +113,11 @@ def generate_scene(rng, height: int, width: int, num_classes: int) -> tuple[np.n
     """One scene: (uint8 H×W×3 image, uint8 H×W label with 255 boundaries)."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = min(height, width) / 64.0
-    base = rng.uniform(0.25, 0.75, size=3).astype(np.float32)
+    base = rng.uniform(0.3, 0.7) + rng.normal(0, 0.05, size=3).astype(np.float32)
     field = _smooth_noise(rng, height, width, 4)[..., None] - 0.5
     angle = rng.uniform(0, np.pi)
     grating = np.sin(2 * np.pi * (np.cos(angle) * xs + np.sin(angle) * ys) / (rng.uniform(4, 10) * scale))
-    image = base + 0.4 * field * rng.uniform(0.5, 1.5, size=3).astype(np.float32) + 0.08 * grating[..., None]
+    image = base + 0.4 * field * rng.uniform(0.8, 1.2, size=3).astype(np.float32) + 0.08 * grating[..., None]
     label = np.zeros((height, width), dtype=np.uint8)
     for _ in range(rng.integers(2, 6) if num_classes > 1 else 0):
         k = int(rng.integers(1, num_classes))
@@ -114,7 +125,7 @@ def generate_scene(rng, height: int, width: int, num_classes: int) -> tuple[np.n
         mask, cy, cx = _shape_mask(SHAPES[rng.integers(len(SHAPES))], rng, ys, xs, height, width)
         pattern = _texture(texture, rng, ys, xs, cy, cx, rng.uniform(4, 8) * scale)
         tint = OBJECT_COLOURS[colour] * rng.uniform(0.75, 1.15) + rng.normal(0, 0.05, size=3)
-        contrast = rng.uniform(0.3, 0.5)
+        contrast = rng.uniform(0.4, 0.6)
         fill = tint * (1 - contrast + contrast * pattern[..., None])
         image[mask] = fill[mask]
         label[mask] = k
@@ -130,7 +141,9 @@ def generate_scene(rng, height: int, width: int, num_classes: int) -> tuple[np.n
 class SyntheticSegmentation(SegmentationDataset):
     """Generated textured-shape scenes (see the module doc); ``root`` is unused."""
 
-    def __init__(self, root, split: str, *, num_classes: int = 8, length: int | None = None, image_size=None, **options):
+    def __init__(
+        self, root, split: str, *, num_classes: int = 8, length: int | None = None, image_size=None, **options
+    ):
         super().__init__(split, **options)
         if split not in SPLIT_CODES:
             raise ValueError(f"synthetic: split must be one of {sorted(SPLIT_CODES)}, got {split!r}")
