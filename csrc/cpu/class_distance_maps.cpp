@@ -1,8 +1,9 @@
 // class_distance_maps on CPU: cosine of each pixel to its own class prototype (intra) and to the
 // nearest other present class (inter, with its arg-max), and the backward w.r.t. feat and protos.
-// Pixels are processed in channel-major tiles (tile[c * kTilePixels + i]) so that the loops over a
-// tile's pixels are contiguous; the one reduction over pixels (grad_protos) runs per (image, group
-// of channels) in pixel order, so every result is deterministic.
+// The forward works on channel-major tiles (tile[c * T + i]) to compute all K dot products of a
+// block of pixels in registers; the backward needs two classes per pixel and works on pixel-major
+// tiles. The one reduction over pixels (grad_protos) sums fixed chunks of pixels in order, so every
+// result is deterministic and independent of the thread count.
 #include "cpu/tiles.h"
 
 #include <cmath>
@@ -11,7 +12,8 @@ namespace frkd::cpu {
 namespace {
 
 constexpr int64_t T = kTilePixels;
-constexpr int64_t kGroup = 16;
+
+constexpr int64_t kBlock = 32;  // pixels whose dot products stay in registers in the forward
 
 // Squared norms of the prototypes: csq[b * K + k] = Σ_c protos[b, k, c]².
 template <typename acc_t>
@@ -20,6 +22,34 @@ std::vector<acc_t> squared_norms(const acc_t* protos, int64_t BK, int64_t C) {
   for (int64_t r = 0; r < BK; ++r)
     for (int64_t c = 0; c < C; ++c) csq[r] += protos[r * C + c] * protos[r * C + c];
   return csq;
+}
+
+template <typename acc_t>
+acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
+  acc_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+// dots[k * T + i] = Σ_c protos[k, c]·tile[c, i] and fsq[i] = Σ_c tile[c, i]² for a channel-major
+// tile, kBlock pixels at a time (columns past the tile's pixels hold finite stale values).
+template <typename acc_t>
+void tile_dots(const acc_t* tile, const acc_t* P, int64_t C, int64_t K, int64_t n, acc_t* dots, acc_t* fsq) {
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    acc_t sq[kBlock] = {};
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t ii = 0; ii < kBlock; ++ii) sq[ii] += tile[c * T + i0 + ii] * tile[c * T + i0 + ii];
+    std::copy(sq, sq + kBlock, fsq + i0);
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t acc[kBlock] = {};
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t pkc = P[k * C + c];
+        for (int64_t ii = 0; ii < kBlock; ++ii) acc[ii] += pkc * tile[c * T + i0 + ii];
+      }
+      std::copy(acc, acc + kBlock, dots + k * T + i0);
+    }
+  }
 }
 
 template <typename acc_t>
@@ -32,19 +62,8 @@ void distance_forward(const FeatureMap& f, const std::vector<int32_t>& cls, cons
     std::vector<acc_t> tile(C * T), dots(K * T), fsq(T);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles, p0 = (task % tiles) * T, n = std::min(T, N - p0);
-      const acc_t* P = protos + b * K * C;
       load_tile(f, b, 0, C, p0, n, tile.data(), T, 1);
-      std::fill(fsq.begin(), fsq.end(), acc_t(0));
-      std::fill(dots.begin(), dots.end(), acc_t(0));
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* fc = tile.data() + c * T;
-        for (int64_t i = 0; i < n; ++i) fsq[i] += fc[i] * fc[i];
-        for (int64_t k = 0; k < K; ++k) {
-          const acc_t pkc = P[k * C + c];
-          acc_t* d = dots.data() + k * T;
-          for (int64_t i = 0; i < n; ++i) d[i] += pkc * fc[i];
-        }
-      }
+      tile_dots(tile.data(), protos + b * K * C, C, K, n, dots.data(), fsq.data());
       for (int64_t i = 0; i < n; ++i) {
         const int64_t p = b * N + p0 + i;
         const int32_t y = cls[p];
@@ -70,120 +89,82 @@ void distance_forward(const FeatureMap& f, const std::vector<int32_t>& cls, cons
   });
 }
 
-// Per-pixel backward coefficients: grad_f_p = Σ_t coef_t·c_{k_t} − beta·f_p over the two terms
-// t (own class, saved arg-max class); gcos_t = g_t·cos_t feeds the protos' second term.
-template <typename acc_t>
-struct PixelCoefficients {
-  std::vector<int32_t> own, other;        // class index of each term, K for none
-  std::vector<acc_t> coef_own, coef_other, gcos_own, gcos_other;
-};
+// Tiles per chunk of the protos gradient: each chunk sums its pixels on its own and the chunks
+// are added in order, so the result does not depend on the thread count (<= 64 chunks per image).
+int64_t tiles_per_chunk(int64_t tiles) { return std::max<int64_t>(16, (tiles + 63) / 64); }
 
+// Backward on pixel-major tiles (tile[i * ld + c]): per pixel, with the own class o and the saved
+// arg-max class a (row K of `table` is zero and stands for "none"),
+//   grad_f = coef_o·c_o + coef_a·c_a − beta·f,  coef = g/(|f||c|), beta = Σ g·cos / |f|²,
+//   grad_c_k = Σ_p coef_{p,k}·f_p − c_k·(Σ_p g·cos)_{k} / |c_k|².
 template <typename acc_t>
 void distance_backward(const acc_t* grad_intra, const acc_t* grad_inter, const FeatureMap& f,
                        const std::vector<int32_t>& cls, const acc_t* protos, const int32_t* inter_class, int64_t B,
                        int64_t K, acc_t eps, const FeatureMap* grad_feat, acc_t* grad_protos) {
-  const int64_t C = f.C, N = f.N, tiles = num_tiles(N), BN = B * N;
+  const int64_t C = f.C, N = f.N, tiles = num_tiles(N), ld = C + 1;  // padded rows: no cache-set conflicts
+  const int64_t per_chunk = tiles_per_chunk(tiles), chunks = (tiles + per_chunk - 1) / per_chunk;
   const std::vector<acc_t> csq = squared_norms(protos, B * K, C);
-  std::vector<acc_t> pnorm(B * (K + 1), acc_t(0)), table(B * (K + 1) * C, acc_t(0));  // row K: zeros
+  std::vector<acc_t> pnorm(B * (K + 1), acc_t(0)), table(B * (K + 1) * C, acc_t(0));
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t k = 0; k < K; ++k) pnorm[b * (K + 1) + k] = std::sqrt(csq[b * K + k]);
     std::copy(protos + b * K * C, protos + (b + 1) * K * C, table.begin() + b * (K + 1) * C);
   }
-  PixelCoefficients<acc_t> pc;
-  pc.own = cls;
-  pc.other.resize(BN);
-  for (int64_t p = 0; p < BN; ++p) pc.other[p] = inter_class[p] >= 0 && inter_class[p] < K ? inter_class[p] : K;
-  if (grad_protos) {
-    for (auto* v : {&pc.coef_own, &pc.coef_other, &pc.gcos_own, &pc.gcos_other}) v->resize(BN);
-  }
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> tile(C * T), fsq(T), d_own(T), d_other(T), a_own(T), a_other(T), beta(T);
-    int64_t row_own[T], row_other[T];
+  const int64_t part_size = (K + 1) * C;
+  std::vector<acc_t> partial(grad_protos ? B * chunks * part_size : 0, acc_t(0));
+  std::vector<acc_t> gcos_partial(grad_protos ? B * chunks * (K + 1) : 0, acc_t(0));
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> tile(T * ld), out(grad_feat ? T * ld : 0);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / tiles, p0 = (task % tiles) * T, n = std::min(T, N - p0), q0 = b * N + p0;
-      const acc_t* P = table.data() + b * (K + 1) * C;
-      load_tile(f, b, 0, C, p0, n, tile.data(), T, 1);
-      for (int64_t i = 0; i < n; ++i) {
-        row_own[i] = pc.own[q0 + i] * C;
-        row_other[i] = pc.other[q0 + i] * C;
-        fsq[i] = d_own[i] = d_other[i] = 0;
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t* fc = tile.data() + c * T;
+      const int64_t b = task / chunks, chunk = task % chunks;
+      const acc_t* P = table.data() + b * part_size;
+      const acc_t* norms = pnorm.data() + b * (K + 1);
+      acc_t* part = grad_protos ? partial.data() + task * part_size : nullptr;
+      acc_t* gcos_part = grad_protos ? gcos_partial.data() + task * (K + 1) : nullptr;
+      for (int64_t t = chunk * per_chunk; t < std::min(tiles, (chunk + 1) * per_chunk); ++t) {
+        const int64_t p0 = t * T, n = std::min(T, N - p0);
+        load_tile(f, b, 0, C, p0, n, tile.data(), 1, ld);
         for (int64_t i = 0; i < n; ++i) {
-          fsq[i] += fc[i] * fc[i];
-          d_own[i] += P[row_own[i] + c] * fc[i];
-          d_other[i] += P[row_other[i] + c] * fc[i];
+          const int64_t q = b * N + p0 + i;
+          const int32_t o = cls[q], a = inter_class[q] >= 0 && inter_class[q] < K ? inter_class[q] : K;
+          const acc_t *fi = tile.data() + i * ld, *co = P + o * C, *ca = P + a * C;
+          const acc_t fsq = dot(fi, fi, C), fn = std::sqrt(fsq);
+          acc_t coef_o, coef_a, gcos_o, gcos_a;
+          auto term = [&](int32_t k, acc_t g, acc_t dot_fc, acc_t& coef, acc_t& gcos) {
+            const acc_t den = norms[k] * fn;
+            const bool ok = k < K && den >= eps;
+            coef = ok ? g / den : acc_t(0);
+            gcos = ok ? g * (dot_fc / den) : acc_t(0);
+          };
+          term(o, o < K ? grad_intra[q] : acc_t(0), dot(fi, co, C), coef_o, gcos_o);
+          term(a, a < K ? grad_inter[q] : acc_t(0), dot(fi, ca, C), coef_a, gcos_a);
+          if (grad_feat) {
+            const acc_t beta = (gcos_o + gcos_a) / (fsq > 0 ? fsq : acc_t(1));
+            acc_t* gi = out.data() + i * ld;
+            for (int64_t c = 0; c < C; ++c) gi[c] = coef_o * co[c] + coef_a * ca[c] - beta * fi[c];
+          }
+          if (part) {
+            acc_t *so = part + o * C, *sa = part + a * C;
+            for (int64_t c = 0; c < C; ++c) so[c] += coef_o * fi[c];
+            for (int64_t c = 0; c < C; ++c) sa[c] += coef_a * fi[c];
+            gcos_part[o] += gcos_o;
+            gcos_part[a] += gcos_a;
+          }
         }
+        if (grad_feat) store_tile(*grad_feat, b, 0, C, p0, n, out.data(), 1, ld);
       }
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t q = q0 + i;
-        const int32_t k_own = pc.own[q], k_other = pc.other[q];
-        const acc_t fn = std::sqrt(fsq[i]);
-        acc_t gcos_sum = 0;
-        auto term = [&](int32_t k, acc_t g, acc_t dot, acc_t& coef, acc_t& gcos) {
-          const acc_t den = pnorm[b * (K + 1) + k] * fn;
-          const bool ok = k < K && den >= eps;
-          coef = ok ? g / den : acc_t(0);
-          gcos = ok ? g * (dot / den) : acc_t(0);
-          gcos_sum += gcos;
-        };
-        acc_t gc_own, gc_other;
-        term(k_own, k_own < K ? grad_intra[q] : acc_t(0), d_own[i], a_own[i], gc_own);
-        term(k_other, k_other < K ? grad_inter[q] : acc_t(0), d_other[i], a_other[i], gc_other);
-        beta[i] = gcos_sum / (fsq[i] > 0 ? fsq[i] : acc_t(1));
-        if (grad_protos) {
-          pc.coef_own[q] = a_own[i];
-          pc.coef_other[q] = a_other[i];
-          pc.gcos_own[q] = gc_own;
-          pc.gcos_other[q] = gc_other;
-        }
-      }
-      if (!grad_feat) continue;
-      for (int64_t c = 0; c < C; ++c) {
-        acc_t* fc = tile.data() + c * T;
-        for (int64_t i = 0; i < n; ++i)
-          fc[i] = a_own[i] * P[row_own[i] + c] + a_other[i] * P[row_other[i] + c] - beta[i] * fc[i];
-      }
-      store_tile(*grad_feat, b, 0, C, p0, n, tile.data(), T, 1);
     }
   });
   if (!grad_protos) return;
-  // grad_c_k = Σ_p coef_{p,k}·f_p − c_k·(Σ_p gcos_{p,k}) / |c_k|², per image, in pixel order.
-  std::vector<acc_t> gcos_sums(B * (K + 1), acc_t(0));
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      acc_t* s = gcos_sums.data() + b * (K + 1);
-      for (int64_t q = b * N; q < (b + 1) * N; ++q) {
-        s[pc.own[q]] += pc.gcos_own[q];
-        s[pc.other[q]] += pc.gcos_other[q];
-      }
-    }
-  });
-  const int64_t groups = (C + kGroup - 1) / kGroup;
-  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sums((K + 1) * kGroup), tile(T * kGroup, acc_t(0));
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / groups, c0 = (task % groups) * kGroup, nc = std::min(kGroup, C - c0);
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      for (int64_t p0 = 0; p0 < N; p0 += T) {
-        const int64_t n = std::min(T, N - p0);
-        load_tile(f, b, c0, nc, p0, n, tile.data(), 1, kGroup);  // pixel-major; lanes >= nc unused
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t q = b * N + p0 + i;
-          const acc_t* px = tile.data() + i * kGroup;
-          acc_t* s_own = sums.data() + pc.own[q] * kGroup;
-          acc_t* s_other = sums.data() + pc.other[q] * kGroup;
-          const acc_t a_own = pc.coef_own[q], a_other = pc.coef_other[q];
-          for (int64_t g = 0; g < kGroup; ++g) s_own[g] += a_own * px[g];
-          for (int64_t g = 0; g < kGroup; ++g) s_other[g] += a_other * px[g];
-        }
-      }
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t r = b * K + k;
-        const acc_t shrink = gcos_sums[b * (K + 1) + k] / (csq[r] > 0 ? csq[r] : acc_t(1));
-        for (int64_t g = 0; g < nc; ++g)
-          grad_protos[r * C + c0 + g] = sums[k * kGroup + g] - protos[r * C + c0 + g] * shrink;
+  at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / K, k = r % K;
+      acc_t gcos = 0;
+      for (int64_t ch = 0; ch < chunks; ++ch) gcos += gcos_partial[(b * chunks + ch) * (K + 1) + k];
+      const acc_t shrink = gcos / (csq[r] > 0 ? csq[r] : acc_t(1));
+      for (int64_t c = 0; c < C; ++c) {
+        acc_t sum = 0;
+        for (int64_t ch = 0; ch < chunks; ++ch) sum += partial[(b * chunks + ch) * part_size + k * C + c];
+        grad_protos[r * C + c] = sum - protos[r * C + c] * shrink;
       }
     }
   });

@@ -65,14 +65,15 @@ void pool_backward(const acc_t* grad_protos, const std::vector<int32_t>& cls, co
   });
   const int64_t tiles = num_tiles(N);
   at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> tile(kTilePixels * C);
+    std::vector<acc_t> tile(C * kTilePixels);
+    int64_t row[kTilePixels];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles, p0 = (task % tiles) * kTilePixels, n = std::min(kTilePixels, N - p0);
-      for (int64_t i = 0; i < n; ++i) {
-        const acc_t* row = scaled.data() + (b * (K + 1) + cls[b * N + p0 + i]) * C;
-        std::copy(row, row + C, tile.data() + i * C);
-      }
-      store_tile(grad_feat, b, 0, C, p0, n, tile.data(), 1, C);
+      const acc_t* table = scaled.data() + b * (K + 1) * C;
+      for (int64_t i = 0; i < n; ++i) row[i] = cls[b * N + p0 + i] * C;
+      for (int64_t c = 0; c < C; ++c)  // channel-major tile: contiguous stores for NCHW maps
+        for (int64_t i = 0; i < n; ++i) tile[c * kTilePixels + i] = table[row[i] + c];
+      store_tile(grad_feat, b, 0, C, p0, n, tile.data(), kTilePixels, 1);
     }
   });
 }
