@@ -30,7 +30,8 @@ ABLATIONS = {  # row name -> FRKD flags switching one part off
     "frkd-no-intra": ["--lambda-intra", "0"],
     "frkd-no-inter": ["--lambda-inter", "0"],
 }
-SIZE_FLAGS = ("iterations", "teacher_iterations", "width", "teacher_width", "teacher_backbone", "batch_size")
+SIZE_FLAGS = ("num_classes", "iterations", "teacher_iterations", "width", "teacher_width", "teacher_backbone",
+              "batch_size")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Paper-scale protocol (CIRKD recipe) on Cityscapes or Pascal VOC with torchrun:
+# DeepLabV3-ResNet101 teacher -> DeepLabV3-ResNet18 student, batch 16 (global), 40k iterations,
+# SGD lr 0.02 momentum 0.9 poly 0.9, crop 512x1024 (cityscapes) / 512x512 (voc), output stride 8.
+# Every student row uses the same teacher and the same number of iterations.
+#
+# Usage:  DATA=/data/cityscapes scripts/paper_protocol.sh cityscapes
+#         DATA=/data/VOCAug TEACHER=runs/paper-voc/teacher/last.pt scripts/paper_protocol.sh voc
+# Environment (all optional except DATA):
+#   NPROC=8                      GPUs (torchrun --nproc_per_node); 16 must be divisible by it
+#   TEACHER=path                 a trained teacher (frkd checkpoint or state_dict); without it the
+#                                teacher is trained first (40k iterations) into $OUT/teacher/
+#   R101_PRETRAINED, R18_PRETRAINED  torchvision ImageNet .pth files for the backbones (recommended:
+#                                the reference numbers below all start from ImageNet weights)
+#   METHODS="none kd cwd ifvd idd fitnet frkd"   SEEDS="0"   ABLATIONS=0 (1: add FRKD ablation rows)
+#   LR=0.02  OUT=runs/paper-<dataset>  EXTRA="--amp bf16"  (more frkd.train flags for every run)
+# Runs resume (--resume auto) when the script is started again; finished runs are skipped.
+# At the end scripts/paper_table.py prints the table (mean ± std over seeds) beside the
+# reference numbers of docs/method.md ("Paper-scale protocol").
+set -euo pipefail
+
+DATASET=${1:-}
+case "$DATASET" in
+  cityscapes|voc) ;;
+  *) echo "usage: DATA=<dataset root> $0 cityscapes|voc" >&2; exit 2 ;;
+esac
+: "${DATA:?set DATA to the $DATASET root folder}"
+NPROC=${NPROC:-8}
+METHODS=${METHODS:-none kd cwd ifvd idd fitnet frkd}
+SEEDS=${SEEDS:-0}
+LR=${LR:-0.02}
+OUT=${OUT:-runs/paper-$DATASET}
+read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
+
+train() {  # train <out dir> <frkd.train flags...>; skipped when <out dir>/summary.json exists
+  local out=$1; shift
+  if [ -f "$out/summary.json" ]; then echo "skip $out (finished)"; return; fi
+  torchrun --standalone --nproc_per_node="$NPROC" -m frkd.train --dataset "$DATASET" --data-root "$DATA" \
+    --batch-size 16 --max-iterations 40000 --lr "$LR" --power 0.9 --out-dir "$out" --resume auto \
+    "${EXTRA_FLAGS[@]}" "$@"
+}
+
+if [ -z "${TEACHER:-}" ]; then
+  train "$OUT/teacher" --method none --student-backbone resnet101 \
+    ${R101_PRETRAINED:+--student-pretrained "$R101_PRETRAINED"}
+  TEACHER=$OUT/teacher/last.pt
+fi
+
+ROWS=()
+for method in $METHODS; do ROWS+=("$method|--method $method"); done
+if [ "${ABLATIONS:-0}" = 1 ]; then  # the ablation rows of python -m frkd.compare (frkd/compare.py)
+  ROWS+=("frkd-no-pseudo-filter|--method frkd --no-pseudo-filter" "frkd-no-fgbg|--method frkd --no-fgbg"
+         "frkd-no-coord-mask|--method frkd --no-coord-mask" "frkd-no-intra|--method frkd --lambda-intra 0"
+         "frkd-no-inter|--method frkd --lambda-inter 0")
+fi
+for seed in $SEEDS; do
+  for row in "${ROWS[@]}"; do
+    read -r -a flags <<< "${row#*|}"
+    train "$OUT/${row%%|*}-s$seed" "${flags[@]}" --seed "$seed" --teacher-ckpt "$TEACHER" \
+      --student-backbone resnet18 ${R18_PRETRAINED:+--student-pretrained "$R18_PRETRAINED"}
+  done
+done
+python scripts/paper_table.py "$OUT" "$DATASET"
