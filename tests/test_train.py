@@ -1,0 +1,200 @@
+"""frkd.train / frkd.evaluate end to end on synthetic data with tiny models (CPU, in-process)."""
+import contextlib
+import io
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+from PIL import Image
+
+import frkd.engine as engine
+from frkd import evaluate as evaluate_cli
+from frkd import train as train_cli
+from frkd.cli import parse_args
+from frkd.sampling import IterationBatchSampler
+
+TINY = ["--crop-size", "32", "32", "--batch-size", "2", "--width", "4", "--teacher-width", "4",
+        "--teacher-backbone", "resnet18", "--student-model", "pspnet", "--teacher-iterations", "3",
+        "--max-iterations", "4", "--val-per-iters", "2", "--log-per-iters", "1", "--save-per-iters", "2",
+        "--val-batch-size", "50", "--workers", "0"]
+
+
+def run_train(argv):
+    """(exit code, stdout, stderr) of frkd.train.main in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = train_cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def records(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k != "it_per_s"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp("run"))
+    code, stdout, stderr = run_train(TINY + ["--out-dir", out_dir])
+    assert code == 0, stderr
+    return out_dir, stdout
+
+
+def test_full_run_trains_the_teacher_then_the_student_and_writes_every_output(run_dir):
+    out_dir, stdout = run_dir
+    assert "no --teacher-ckpt, training deeplabv3-resnet18" in stdout and "teacher.pt" in stdout
+    assert "teacher mIoU" in stdout and "student mIoU" in stdout
+    for name in ("teacher.pt", "last.pt", "best.pt", "teacher/last.pt", "summary.json",
+                 "losses_teacher.png", "losses_student.png", "miou.png"):
+        assert os.path.isfile(os.path.join(out_dir, name)), name
+    for png in ("losses_teacher.png", "losses_student.png", "miou.png"):
+        with Image.open(os.path.join(out_dir, png)) as image:
+            assert image.format == "PNG" and min(image.size) >= 200
+
+    rows = records(out_dir)
+    logs = {p: [r for r in rows if r["phase"] == p and "lr" in r] for p in ("teacher", "student")}
+    evals = {p: [r for r in rows if r["phase"] == p and "miou" in r] for p in ("teacher", "student")}
+    assert [r["iteration"] for r in logs["teacher"]] == [1, 2, 3]
+    assert [r["iteration"] for r in logs["student"]] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in evals["teacher"]] == [2, 3]
+    assert [r["iteration"] for r in evals["student"]] == [2, 4]
+    assert {"ce", "aux_ce", "loss", "lr"} <= set(logs["teacher"][0])
+    assert {"ce", "aux_ce", "feat", "intra", "inter", "kd"} <= set(logs["student"][0])
+    first = logs["student"][0]
+    assert first["loss"] == pytest.approx(sum(v for k, v in first.items()
+                                              if k not in ("phase", "iteration", "lr", "loss", "it_per_s")))
+    lrs = [r["lr"] for r in logs["student"]]
+    assert lrs[0] == pytest.approx(0.02) and all(a > b for a, b in zip(lrs, lrs[1:]))  # poly decay
+
+    summary = json.load(open(os.path.join(out_dir, "summary.json")))
+    assert summary["teacher_miou"] == pytest.approx(evals["teacher"][-1]["miou"])
+    assert summary["student_miou"] == pytest.approx(evals["student"][-1]["miou"])
+    assert 0.0 <= summary["student_miou"] <= 1.0 and len(summary["student_per_class_iou"]) == 8
+    assert summary["args"]["method"] == "frkd" and summary["wall_time_s"] > 0
+
+    last = torch.load(os.path.join(out_dir, "last.pt"), weights_only=False)
+    assert last["iteration"] == 4 and last["phase"] == "student"
+    assert {"model", "loss", "optimizer", "scaler", "rng", "best_miou", "args", "model_config"} <= set(last)
+    assert "phi.weight" in last["loss"]
+    assert {"python", "numpy", "torch", "cuda"} <= set(last["rng"][0])
+    assert not [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
+
+
+def test_a_second_run_reuses_the_cached_teacher(run_dir):
+    out_dir, _ = run_dir
+    code, stdout, _ = run_train(TINY + ["--out-dir", out_dir, "--resume", "auto"])
+    assert code == 0
+    assert "reusing the cached" in stdout and "training deeplabv3" not in stdout
+    assert "resumed from" in stdout  # last.pt is at max-iterations: nothing left to train
+
+
+def run_eval(argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert evaluate_cli.main(argv) == 0
+    return out.getvalue()
+
+
+def test_evaluate_cli_reproduces_the_training_evaluation(run_dir):
+    out_dir, _ = run_dir
+    stdout = run_eval(["--checkpoint", os.path.join(out_dir, "last.pt"), "--workers", "0", "--batch-size", "50"])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    summary = json.load(open(os.path.join(out_dir, "summary.json")))
+    assert result["miou"] == pytest.approx(summary["student_miou"], abs=1e-9)
+    assert "pixel accuracy" in stdout and "background" in stdout
+
+    stdout = run_eval(["--checkpoint", os.path.join(out_dir, "teacher.pt"), "--workers", "0",
+                       "--batch-size", "50", "--mode", "slide", "--crop-size", "24", "24", "--flip",
+                       "--scales", "0.75", "1.0"])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["pixel_acc"] <= 1.0
+
+
+def test_a_run_stopped_and_resumed_reaches_the_same_weights_bit_exactly(run_dir, tmp_path):
+    teacher = os.path.join(run_dir[0], "teacher.pt")
+    common = TINY + ["--teacher-ckpt", teacher, "--max-iterations", "5", "--save-per-iters", "100"]
+    whole, pieces = str(tmp_path / "whole"), str(tmp_path / "pieces")
+    assert run_train(common + ["--out-dir", whole])[0] == 0
+    code, stdout, _ = run_train(common + ["--out-dir", pieces, "--stop-at-iteration", "3"])
+    assert code == 0 and "stopped after iteration 3" in stdout
+    assert torch.load(os.path.join(pieces, "last.pt"), weights_only=False)["iteration"] == 3
+    assert run_train(common + ["--out-dir", pieces, "--resume", "auto"])[0] == 0
+
+    a = torch.load(os.path.join(whole, "last.pt"), weights_only=False)
+    b = torch.load(os.path.join(pieces, "last.pt"), weights_only=False)
+    assert a["iteration"] == b["iteration"] == 5
+    for part in ("model", "loss"):
+        assert a[part].keys() == b[part].keys()
+        differing = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+        assert not differing, f"{part} tensors differ after resume: {differing[:5]}"
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    assert without_timing(records(whole)) == without_timing(records(pieces))
+
+
+def test_non_finite_loss_stops_naming_the_term_and_iteration(tmp_path, monkeypatch):
+    original = engine.task_terms
+    calls = []
+
+    def poisoned(out, labels):
+        terms = original(out, labels)
+        calls.append(1)
+        if len(calls) == 2:
+            terms["aux_ce"] = terms["aux_ce"] * math.inf
+        return terms
+
+    monkeypatch.setattr(engine, "task_terms", poisoned)
+    code, _, stderr = run_train(TINY + ["--method", "none", "--out-dir", str(tmp_path)])
+    assert code == 1
+    assert "loss term 'aux_ce' is inf at iteration 2 (student phase)" in stderr
+
+
+def test_ctrl_c_saves_last_checkpoint_then_exits(tmp_path, monkeypatch):
+    original = engine.task_terms
+    calls = []
+
+    def interrupted(out, labels):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # lands mid-iteration 2; the loop saves after it
+        return original(out, labels)
+
+    monkeypatch.setattr(engine, "task_terms", interrupted)
+    handler_before = signal.getsignal(signal.SIGINT)
+    code, stdout, _ = run_train(TINY + ["--method", "none", "--out-dir", str(tmp_path)])
+    assert code == 130 and "interrupted" in stdout
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["iteration"] == 2
+    assert signal.getsignal(signal.SIGINT) is handler_before
+
+
+def test_data_stream_is_split_over_ranks_and_resumable():
+    def batches(rank, world, start, stop=6):
+        return list(IterationBatchSampler(5, 4, rank, world, seed=1, start_iteration=start, stop_iteration=stop))
+
+    single = batches(0, 1, 0)
+    two_ranks = [a + b for a, b in zip(batches(0, 2, 0), batches(1, 2, 0))]
+    assert single == two_ranks
+    assert batches(0, 1, 3) == single[3:]
+    seen = [index for batch in single[:5] for index, _ in batch]  # 20 positions = 4 epochs of 5
+    assert all(sorted(seen[i:i + 5]) == list(range(5)) for i in range(0, 20, 5))
+    seeds = [seed for batch in single for _, seed in batch]
+    assert len(set(seeds)) == len(seeds)
+    with pytest.raises(ValueError, match="--batch-size 4 is not divisible by the world size 3"):
+        IterationBatchSampler(5, 4, 0, 3, seed=0, start_iteration=0, stop_iteration=1)
+
+
+def test_per_dataset_defaults_fill_only_unset_flags():
+    args = parse_args(["--dataset", "cityscapes", "--data-root", "/data/cs", "--lr", "0.05"])
+    assert args.crop_size == (512, 1024) and args.max_iterations == 40000 and args.batch_size == 16
+    assert args.lr == 0.05 and args.teacher_backbone == "resnet101"
+    assert parse_args(["--dataset", "voc", "--data-root", "x"]).crop_size == (512, 512)
+    with pytest.raises(SystemExit, match="--data-root is required"):
+        parse_args(["--dataset", "voc"])
+    assert parse_args(["--local_rank", "3"]).dataset == "synthetic"
