@@ -69,11 +69,6 @@ def on_device(device: torch.device):
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def warps(tile_elements: int) -> int:
-    """num_warps for a tile of that many elements."""
-    return 8 if tile_elements >= 8192 else 4
-
-
 def output_view(out: torch.Tensor) -> tuple:
     """(buffer, strides as ``pixel_view``) for kernel output ``out``: ``out`` itself when its H and W
     fold into one stride, else a contiguous buffer to ``copy_`` into ``out`` after the launch."""

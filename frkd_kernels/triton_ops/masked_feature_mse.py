@@ -5,10 +5,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block, check_dtypes, copy_back, on_device, output_view, pixel_view, warps
+from ._common import block, check_dtypes, copy_back, on_device, output_view, pixel_view
 
 MAX_BLOCK_P = 128
 MAX_BLOCK_C = 64
+NUM_WARPS = 8
 
 
 @triton.jit
@@ -95,7 +96,7 @@ def masked_feature_mse(student: torch.Tensor, teacher: torch.Tensor, weight: tor
     with on_device(student.device):
         _mse_forward_kernel[(num_p, B)](
             student, teacher, weight, partial, N, C, 1.0 / C, *s_strides, *t_strides, *w_strides,
-            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps(block_p * block_c),
+            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS,
         )
     return partial.sum()
 
@@ -122,7 +123,7 @@ def masked_feature_mse_backward(grad_loss, student, teacher, weight, need_studen
             grad_loss, student, teacher, weight, gs_buffer, gt_buffer, N, C, 2.0 / C,
             *s_strides, *t_strides, *w_strides, *gs_strides, *gt_strides,
             NEED_STUDENT=need_student, NEED_TEACHER=need_teacher,
-            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps(block_p * block_c),
+            BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS,
         )
     if need_student:
         copy_back(grad_student, gs_buffer)

@@ -5,12 +5,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block, check_dtypes, copy_back, on_device, output_view, pixel_view, warps
+from ._common import block, check_dtypes, copy_back, on_device, output_view, pixel_view
 from .class_sum import class_sums
 
 MAX_FINALIZE_BLOCK_C = 256
 GATHER_BLOCK_P = 64
 GATHER_MAX_BLOCK_C = 64
+GATHER_NUM_WARPS = 4
 
 
 @triton.jit
@@ -105,6 +106,6 @@ def prototype_pool_backward(grad_protos, labels, counts, feat, ignore_index: int
         _prototype_gather_kernel[grid](
             grad_protos, counts, labels, buffer, N, C, K, ignore_index,
             *grad_protos.stride(), *counts.stride(), *l_strides, *o_strides,
-            BLOCK_P=GATHER_BLOCK_P, BLOCK_C=block_c, num_warps=warps(GATHER_BLOCK_P * block_c),
+            BLOCK_P=GATHER_BLOCK_P, BLOCK_C=block_c, num_warps=GATHER_NUM_WARPS,
         )
     return copy_back(grad_feat, buffer)
