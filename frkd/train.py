@@ -119,6 +119,9 @@ def train(args, env: DistEnv) -> dict:
     from .models import build_model
 
     started = time.time()
+    if args.batch_size % env.world_size:
+        raise SystemExit(f"--batch-size {args.batch_size} (global) is not divisible by the world size "
+                         f"{env.world_size}")
     seed_everything(args.seed)
     if env.is_main:
         os.makedirs(args.out_dir, exist_ok=True)

@@ -1,0 +1,47 @@
+"""frkd.train under torchrun: 2 CPU processes with gloo (teacher phase + FRKD student)."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from test_train import TINY, records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torchrun(args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "frkd.train", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_process_gloo_run_trains_teacher_and_student_and_writes_once(tmp_path):
+    out_dir = str(tmp_path / "ddp")
+    flags = list(TINY)
+    flags[flags.index("--batch-size") + 1] = "4"  # global: 2 per rank
+    result = torchrun(flags + ["--out-dir", out_dir, "--device", "cpu"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("student mIoU") == 1  # only rank 0 prints and writes
+    assert "world size 2" in result.stdout
+
+    summary = json.load(open(os.path.join(out_dir, "summary.json")))
+    assert summary["world_size"] == 2 and 0.0 <= summary["student_miou"] <= 1.0
+    assert summary["teacher_miou"] is not None
+    rows = records(out_dir)
+    student_logs = [r for r in rows if r["phase"] == "student" and "lr" in r]
+    assert [r["iteration"] for r in student_logs] == [1, 2, 3, 4]  # one record per step, not per rank
+    last = torch.load(os.path.join(out_dir, "last.pt"), weights_only=False)
+    assert last["iteration"] == 4 and len(last["rng"]) == 2  # every rank's RNG state for the resume
+    assert not any(k.startswith("module.") for k in last["model"])
+    assert os.path.isfile(os.path.join(out_dir, "teacher.pt"))
+
+
+def test_global_batch_must_divide_over_ranks(tmp_path):
+    flags = list(TINY)
+    flags[flags.index("--batch-size") + 1] = "3"
+    result = torchrun(flags + ["--method", "none", "--out-dir", str(tmp_path), "--device", "cpu"], timeout=300)
+    assert result.returncode != 0
+    assert "--batch-size 3 (global) is not divisible by the world size 2" in result.stdout + result.stderr
