@@ -74,16 +74,14 @@ def _class_sum_kernel(
             sums = tl.dot(a.to(f.dtype), f, sums)
         else:
             sums = tl.dot(a, f.to(tl.float32), sums, input_precision="tf32x3")
-    if USE_ATOMICS:
-        row = b * K + offs_k
-    else:
-        row = (b * tl.num_programs(0) + run) * K + offs_k
     mask = mask_k[:, None] & mask_c[None, :]
-    if USE_ATOMICS:
+    if USE_ATOMICS:  # every run adds into the one slot
+        row = b * K + offs_k
         tl.atomic_add(sums_ptr + row[:, None] * C + offs_c[None, :], sums, mask=mask, sem="relaxed")
         if c_block == 0:
             tl.atomic_add(scalars_ptr + row, scalars, mask=mask_k, sem="relaxed")
-    else:
+    else:  # every run writes its own slot
+        row = (b * tl.num_programs(0) + run) * K + offs_k
         tl.store(sums_ptr + row[:, None] * C + offs_c[None, :], sums, mask=mask)
         if c_block == 0:
             tl.store(scalars_ptr + row, scalars, mask=mask_k)
