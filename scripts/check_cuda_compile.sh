@@ -6,6 +6,8 @@
 #     is supplied for it in the temp dir).
 # Objects go to a temp dir that is removed on exit. Exits 0 with "skipped: nvcc not found" when
 # there is no nvcc, nonzero on any compile error. NVCC and CXX override the compilers.
+# The kernels' results are checked without a GPU by csrc/cuda/emulation/check_emulated.py (a few
+# minutes); FRKD_CUDA_EMULATE=1 runs it at the end of this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,3 +83,7 @@ if [ "$failed" -ne 0 ]; then
   exit 1
 fi
 echo "check_cuda_compile: all CUDA sources compile"
+
+if [ "${FRKD_CUDA_EMULATE:-0}" = "1" ]; then
+  "${python:-python3}" csrc/cuda/emulation/check_emulated.py
+fi

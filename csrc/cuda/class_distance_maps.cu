@@ -135,13 +135,13 @@ void class_distance_maps(const Map4& feat, const Labels& labels, const void* pro
     A* fsq = static_cast<A*>(ws.fsq);
     A* psq = static_cast<A*>(ws.psq);
     prototype_sumsq(static_cast<const A*>(protos), feat.B * K, feat.C, psq, stream);
-    const dim3 grid(static_cast<unsigned>(ceil_div(N, kDotPixels)), grid_yz(ceil_div(K, kDotClasses), "class tiles"),
+    const dim3 grid(grid_x(ceil_div(N, kDotPixels)), grid_yz(ceil_div(K, kDotClasses), "class tiles"),
                     grid_yz(feat.B, "batch size"));
     class_dots_kernel<T, A><<<grid, kDotThreads, 0, stream>>>(
         static_cast<const T*>(feat.data), feat.C, feat.W, N, feat.sB, feat.sC, feat.sH, feat.sW, feat.sC < feat.sW,
         static_cast<const A*>(protos), K, dots, fsq);
     check_launch("class_dots_kernel");
-    class_maps_kernel<A><<<static_cast<unsigned>(ceil_div(feat.B * N, kThreads)), kThreads, 0, stream>>>(
+    class_maps_kernel<A><<<grid_x(ceil_div(feat.B * N, kThreads)), kThreads, 0, stream>>>(
         dots, fsq, psq, static_cast<const A*>(counts), labels, feat.B, feat.W, N, K, ignore_index,
         static_cast<A>(eps), static_cast<A*>(intra), static_cast<A*>(inter), inter_class);
     check_launch("class_maps_kernel");

@@ -147,7 +147,7 @@ void class_distance_maps_backward(const void* grad_intra, const void* grad_inter
     prototype_sumsq(c, feat.B * K, feat.C, ws.psq, stream);
     const int64_t pixels = feat.B * feat.H * feat.W;
     if (pixels > 0) {
-      pixel_grads_kernel<T, A><<<static_cast<unsigned>(ceil_div(pixels, kThreads)), kThreads, 0, stream>>>(
+      pixel_grads_kernel<T, A><<<grid_x(ceil_div(pixels, kThreads)), kThreads, 0, stream>>>(
           static_cast<const A*>(grad_intra), static_cast<const A*>(grad_inter), feat, labels, c, ws.psq,
           inter_class, K, ignore_index, static_cast<A>(eps), grad_feat, ws.pairs);
       check_launch("pixel_grads_kernel");

@@ -191,7 +191,7 @@ void class_pool(const Map4& feat, const PixelClasses<A>& px, const ClassPoolPlan
     check_cuda(cudaMemsetAsync(buf, 0, plan.buffer_elems * sizeof(A), stream), "cudaMemsetAsync (class sums)");
   }
   if (plan.splits == 0 || plan.B == 0) return;
-  const dim3 grid(static_cast<unsigned>(plan.splits), grid_yz(plan.chunks, "channel chunks"),
+  const dim3 grid(grid_x(plan.splits), grid_yz(plan.chunks, "channel chunks"),
                   grid_yz(plan.B, "batch size"));
   class_pool_kernel<T, A><<<grid, plan.block, plan.smem_bytes, stream>>>(
       static_cast<const T*>(feat.data), feat.W, feat.sB, feat.sC, feat.sH, feat.sW, feat.sC < feat.sW, px, plan,

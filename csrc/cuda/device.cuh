@@ -121,6 +121,14 @@ inline void check_cuda(cudaError_t err, const char* what) {
   }
 }
 
+// Grid dimension x is limited to 2^31 - 1 blocks.
+inline unsigned grid_x(int64_t n) {
+  if (n > 2147483647) {
+    throw std::invalid_argument("frkd cuda: " + std::to_string(n) + " blocks exceed the 2^31-1 a CUDA grid allows");
+  }
+  return static_cast<unsigned>(n);
+}
+
 // Grid dimension y and z are limited to 65535 blocks.
 inline unsigned grid_yz(int64_t n, const char* what) {
   if (n > 65535) {

@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) mse_backward_kernel(Map4 student, Ma
 }
 
 dim3 pixel_grid(const Map4& m) {
-  return dim3(static_cast<unsigned>(ceil_div(m.B * m.H * m.W, kThreads)),
+  return dim3(grid_x(ceil_div(m.B * m.H * m.W, kThreads)),
               grid_yz(ceil_div(m.C, kChannelsPerThread), "channel chunks"));
 }
 

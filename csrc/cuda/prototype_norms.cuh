@@ -26,7 +26,7 @@ __global__ void __launch_bounds__(32 * kNormWarps) row_sumsq_kernel(const A* __r
 template <class A>
 void prototype_sumsq(const A* protos, int64_t rows, int64_t C, A* psq, cudaStream_t stream) {
   if (rows == 0) return;
-  row_sumsq_kernel<A><<<static_cast<unsigned>(ceil_div(rows, kNormWarps)), 32 * kNormWarps, 0, stream>>>(
+  row_sumsq_kernel<A><<<grid_x(ceil_div(rows, kNormWarps)), 32 * kNormWarps, 0, stream>>>(
       protos, rows, C, psq);
   check_launch("row_sumsq_kernel");
 }

@@ -96,7 +96,7 @@ void prototype_pool(const Map4& feat, const Labels& labels, int64_t K, int64_t i
     const PoolWorkspace ws = pool_workspace<A>(feat, K, deterministic, workspace);
     const int64_t pixels = feat.B * feat.H * feat.W;
     if (pixels > 0) {
-      label_classes_kernel<<<static_cast<unsigned>(ceil_div(pixels, kThreads)), kThreads, 0, stream>>>(
+      label_classes_kernel<<<grid_x(ceil_div(pixels, kThreads)), kThreads, 0, stream>>>(
           labels, feat.B, feat.W, feat.H * feat.W, K, ignore_index, ws.cls);
       check_launch("label_classes_kernel");
     }
@@ -118,7 +118,7 @@ void prototype_pool_backward(const void* grad_protos, const void* counts, bool a
   dispatch_float_acc(grad_feat.dtype, acc_double, [&](auto tag, auto acc) {
     using T = typename decltype(tag)::type;
     using A = typename decltype(acc)::type;
-    const dim3 grid(static_cast<unsigned>(ceil_div(pixels, kThreads)),
+    const dim3 grid(grid_x(ceil_div(pixels, kThreads)),
                     grid_yz(ceil_div(grad_feat.C, kChannelsPerThread), "channel chunks"));
     pool_backward_kernel<T, A><<<grid, kThreads, 0, stream>>>(static_cast<const A*>(grad_protos),
                                                               static_cast<const A*>(counts), labels, K, ignore_index,

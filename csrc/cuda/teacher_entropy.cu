@@ -61,7 +61,7 @@ void teacher_entropy(const Map4& logits, double temperature, void* entropy, int6
     using T = typename decltype(tag)::type;
     using A = acc_t<T>;
     const double log_k = std::log(static_cast<double>(logits.C));
-    entropy_kernel<T, A><<<static_cast<unsigned>(ceil_div(pixels, kThreads)), kThreads, 0, stream>>>(
+    entropy_kernel<T, A><<<grid_x(ceil_div(pixels, kThreads)), kThreads, 0, stream>>>(
         logits, static_cast<A>(temperature), static_cast<A>(log_k), static_cast<A*>(entropy), pred);
     check_launch("entropy_kernel");
   });
