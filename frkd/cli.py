@@ -11,11 +11,11 @@ import os
 MODELS = ("deeplabv3", "pspnet")
 BACKBONES = ("resnet18", "resnet50", "resnet101")
 
-# Synthetic: a CPU smoke recipe (whole run < 5 min on 2 cores). Real datasets: CIRKD's recipes.
+# Synthetic: a CPU recipe (teacher + student ≈ 150 s of single-thread CPU time, < 5 min on 2 cores). Real datasets: CIRKD's recipes.
 DATASET_DEFAULTS = {
-    "synthetic": dict(crop_size=(64, 64), batch_size=8, max_iterations=120, teacher_iterations=200, lr=0.02,
-                      width=16, teacher_width=16, teacher_backbone="resnet50", val_per_iters=60,
-                      save_per_iters=60, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole"),
+    "synthetic": dict(crop_size=(64, 64), batch_size=8, max_iterations=500, teacher_iterations=800, lr=0.02,
+                      width=16, teacher_width=16, teacher_backbone="resnet50", val_per_iters=250,
+                      save_per_iters=250, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole"),
     "cityscapes": dict(crop_size=(512, 1024), batch_size=16, max_iterations=40000, teacher_iterations=40000,
                        lr=0.02, width=64, teacher_width=64, teacher_backbone="resnet101", val_per_iters=4000,
                        save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole"),

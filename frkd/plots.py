@@ -35,7 +35,7 @@ def plot_losses(records: list[dict], phase: str, path: str) -> bool:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(terms):]:
         ax.set_visible(False)
-    fig.suptitle(f"{phase}: training loss terms (mean over each log window)", fontsize=11)
+    fig.suptitle(f"{phase}: loss terms as summed into the loss (λ applied; mean per log window)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -52,7 +52,11 @@ def plot_miou(records: list[dict], path: str) -> bool:
         rows = [r for r in evals if r["phase"] == phase]
         ax.plot([r["iteration"] for r in rows], [100 * r["miou"] for r in rows], marker="o", label=phase)
         ax.annotate(f"{100 * rows[-1]['miou']:.1f}", (rows[-1]["iteration"], 100 * rows[-1]["miou"]),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+                    textcoords="offset points", xytext=(-10, 6), fontsize=8)
+    teacher = [r for r in evals if r["phase"] == "teacher"]
+    if teacher and any(r["phase"] == "student" for r in evals):
+        ax.axhline(100 * teacher[-1]["miou"], color="tab:blue", linestyle="--", linewidth=1, alpha=0.6,
+                   label="final teacher")
     ax.set_xlabel("iteration")
     ax.set_ylabel("mIoU (%)")
     ax.set_title("validation mIoU")

@@ -22,6 +22,15 @@ TINY = ["--crop-size", "32", "32", "--batch-size", "2", "--width", "4", "--teach
         "--val-batch-size", "50", "--workers", "0"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny models gain nothing from threads; on a shared 2-core runner they only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_train(argv):
     """(exit code, stdout, stderr) of frkd.train.main in this process."""
     out, err = io.StringIO(), io.StringIO()
