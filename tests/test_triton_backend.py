@@ -4,11 +4,16 @@ The tiling paths (several pixel runs, channel blocks, class chunks) are forced o
 shrinking the module's block constants; the atomic and the deterministic reductions must agree;
 labels that only wrap into range in a narrower integer type are ignored; layouts whose H and W do
 not fold into one stride; the float64 refusal and the serves() contract. Runs under the
-interpreter (TRITON_INTERPRET=1, set by conftest) without a GPU. Oracle: tests/naive.py.
+interpreter (TRITON_INTERPRET=1, set by conftest) without a GPU, plus a compile of every kernel
+for sm_90 in a subprocess (tests/triton_compile_check.py). Oracle: tests/naive.py.
 """
 from __future__ import annotations
 
 import importlib
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -182,3 +187,14 @@ def test_serves_contract():
     ok, why = triton_ops.serves(torch.device("cuda"))
     assert ok == (torch.cuda.is_available() and not triton_ops.INTERPRET) and (ok or why)
     assert not triton_ops.serves(torch.device("meta"))[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the op suite runs the compiled kernels themselves")
+def test_kernels_compile_for_hopper():
+    """The interpreter accepts code the compiler rejects: lower every kernel to an sm_90 cubin."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(root / "tests" / "triton_compile_check.py")], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
