@@ -19,8 +19,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import torch._dynamo.trace_rules  # noqa: E402
 
 import frkd_kernels  # noqa: E402
+
+# torch.compile recognises torch functions by identity, from a table it builds once on first use.
+# Build it now, before the poisoning fixture below swaps torch.empty & co. for wrappers; otherwise
+# the table would hold a wrapper and compiled code in every later test would break on the real one.
+torch._dynamo.trace_rules.get_torch_obj_rule_map()
 
 DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 INT_SENTINEL = 0x5A5A  # not a class, not -1 ("no class"), not 255
@@ -68,14 +74,31 @@ def _poison(t):
     return t
 
 
+def _from_frkd_kernels() -> bool:
+    """Whether the allocation being wrapped was called from frkd_kernels code (two frames up)."""
+    return sys._getframe(2).f_globals.get("__name__", "").startswith("frkd_kernels")
+
+
 def _poisoning(original):
     def allocate(*args, **kwargs):
         out = original(*args, **kwargs)
-        caller = sys._getframe(1).f_globals.get("__name__", "")
-        return _poison(out) if caller.startswith("frkd_kernels") else out
+        if torch.compiler.is_compiling():  # keep code traced by torch.compile free of frame inspection
+            return out
+        return _poison(out) if _from_frkd_kernels() else out
 
-    allocate.__wrapped__ = original
     return allocate
+
+
+def _poisoning_new_empty(original):
+    def new_empty(self, *size, **kwargs):
+        if torch.compiler.is_compiling():  # dynamo cannot call the unbound C method: the same allocation
+            options = {"dtype": self.dtype, "device": self.device}
+            options.update((k, v) for k, v in kwargs.items() if v is not None)
+            return torch.empty(*size, **options)
+        out = original(self, *size, **kwargs)
+        return _poison(out) if _from_frkd_kernels() else out
+
+    return new_empty
 
 
 @pytest.fixture(autouse=True)
@@ -83,4 +106,4 @@ def poison_frkd_allocations(monkeypatch):
     """Fill what frkd_kernels allocates with NaN / a sentinel for the duration of the test."""
     for name in ("empty", "empty_like", "empty_strided"):
         monkeypatch.setattr(torch, name, _poisoning(getattr(torch, name)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", _poisoning(torch.Tensor.new_empty))
+    monkeypatch.setattr(torch.Tensor, "new_empty", _poisoning_new_empty(torch.Tensor.new_empty))

@@ -135,3 +135,9 @@ def test_frkd_allocations_are_poisoned(call):
         out = eval(ALLOCATIONS[call], namespace)
         assert bool(check(out).all()), f"{call} from frkd_kernels was not poisoned for {dtype}: {out}"
 
+
+def test_poisoning_does_not_break_torch_compile():
+    """Code compiled with fullgraph=True may allocate through the patched functions."""
+    compiled = torch.compile(lambda x: torch.empty_like(x).fill_(2) * x + x.new_empty(3).fill_(1).sum(),
+                             fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(torch.ones(4)), torch.full((4,), 5.0))
