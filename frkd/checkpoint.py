@@ -9,6 +9,13 @@ import numpy as np
 import torch
 
 
+def seed_everything(seed: int) -> None:
+    """Seeds python ``random``, numpy's global RNG and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict:
     """Snapshot of the python, numpy, torch (CPU) and CUDA generators."""
     return {

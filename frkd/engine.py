@@ -124,6 +124,16 @@ def _any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def evaluate_model(model: nn.Module, val_set, args, env: DistEnv) -> dict:
+    """Metrics of ``model`` on this rank's shard of ``val_set``, all-reduced (args: val_batch_size,
+    workers, amp, eval_mode, crop_size)."""
+    shard = Subset(val_set, rank_shard(len(val_set), env.rank, env.world_size))
+    loader = DataLoader(shard, batch_size=args.val_batch_size, shuffle=False, num_workers=args.workers,
+                        pin_memory=env.device.type == "cuda", generator=torch.Generator())
+    return evaluate(model, loader, val_set.num_classes, env.device, amp_dtype=AMP_DTYPES[args.amp],
+                    ignore_index=IGNORE_INDEX, mode=args.eval_mode, crop=args.crop_size)
+
+
 class Trainer:
     """Trains ``model`` (with an optional frozen ``teacher`` and distillation loss) for one phase.
 
@@ -156,6 +166,7 @@ class Trainer:
         self.iteration = 0
         self.best_miou = -math.inf
         self.last_eval = None
+        checkpoint.seed_everything(args.seed + 7919 * env.rank)  # per-rank dropout; a resume restores its own
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -207,16 +218,9 @@ class Trainer:
                           pin_memory=self.env.device.type == "cuda", generator=torch.Generator(),
                           worker_init_fn=_ignore_sigint_in_worker if self.args.workers else None)
 
-    def _val_loader(self) -> DataLoader:
-        shard = Subset(self.val_set, rank_shard(len(self.val_set), self.env.rank, self.env.world_size))
-        return DataLoader(shard, batch_size=self.args.val_batch_size, shuffle=False, num_workers=self.args.workers,
-                          pin_memory=self.env.device.type == "cuda", generator=torch.Generator())
-
     # ---------------------------------------------------------------- loop
     def evaluate(self) -> dict:
-        result = evaluate(self.model, self._val_loader(), self.num_classes, self.env.device,
-                          amp_dtype=self.amp_dtype, ignore_index=IGNORE_INDEX, mode=self.args.eval_mode,
-                          crop=self.args.crop_size)
+        result = evaluate_model(self.model, self.val_set, self.args, self.env)
         self.last_eval = result
         self.log.write({"phase": self.phase, "iteration": self.iteration, **result})
         return result

@@ -7,26 +7,17 @@ teacher.pt (cached teacher), last.pt/best.pt, metrics.jsonl, summary.json, losse
 from __future__ import annotations
 
 import os
-import random
 import sys
 import time
 
-import numpy as np
-import torch
-
 from . import checkpoint
+from .checkpoint import seed_everything
 from .cli import parse_args
 from .distributed import DistEnv, barrier, cleanup, init_distributed
-from .engine import NonFiniteLoss, Trainer, TrainingStopped
+from .engine import NonFiniteLoss, Trainer, TrainingStopped, evaluate_model
 from .metrics import format_metrics
 from .plots import plot_run
 from .run_log import MetricsLog, write_json
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
 
 
 def say(env: DistEnv, message: str) -> None:
@@ -56,10 +47,11 @@ def resume_path(args, out_dir: str) -> str | None:
 
 
 def run_phase(trainer: Trainer, env: DistEnv, resume: str | None) -> dict:
+    """Resumes (when asked) and trains; metrics.jsonl keeps only this phase's records up to the start."""
     if resume:
         trainer.load_state_dict(checkpoint.load(resume))
-        trainer.log.truncate_after(trainer.phase, trainer.iteration)
         say(env, f"[{trainer.phase}] resumed from {resume} at iteration {trainer.iteration}")
+    trainer.log.truncate_after(trainer.phase, trainer.iteration)
     return trainer.fit()
 
 
@@ -83,7 +75,12 @@ def obtain_teacher(args, env: DistEnv, train_set, val_set, num_classes: int, log
     expected = model_config(args.teacher_model, args.teacher_backbone, num_classes, args.teacher_width)
     if args.teacher_ckpt:
         say(env, f"teacher: loading --teacher-ckpt {args.teacher_ckpt}")
-        return load_teacher(args, env, args.teacher_ckpt, expected)
+        teacher, config, miou, per_class = load_teacher(args, env, args.teacher_ckpt, expected)
+        if miou is None:  # a checkpoint from elsewhere: measure it once on this validation set
+            result = evaluate_model(teacher.to(env.device), val_set, args, env)
+            miou, per_class = result["miou"], result["per_class_iou"]
+            say(env, f"teacher: mIoU {100 * miou:.2f} on {args.dataset} val")
+        return teacher, config, miou, per_class
     cached = os.path.join(args.out_dir, "teacher.pt")
     if os.path.exists(cached):
         teacher, config, miou, per_class = load_teacher(args, env, cached, expected)

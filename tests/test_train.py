@@ -207,3 +207,15 @@ def test_per_dataset_defaults_fill_only_unset_flags():
     with pytest.raises(SystemExit, match="--data-root is required"):
         parse_args(["--dataset", "voc"])
     assert parse_args(["--local_rank", "3"]).dataset == "synthetic"
+
+
+def test_a_bare_state_dict_teacher_is_built_from_the_flags_and_measured(run_dir, tmp_path):
+    out_dir, _ = run_dir
+    bare = str(tmp_path / "bare_teacher.pth")
+    torch.save(torch.load(os.path.join(out_dir, "teacher.pt"), weights_only=False)["model"], bare)
+    code, stdout, stderr = run_train(TINY + ["--teacher-ckpt", bare, "--max-iterations", "1",
+                                             "--out-dir", str(tmp_path / "run")])
+    assert code == 0, stderr
+    assert "teacher: mIoU" in stdout
+    measured = json.load(open(tmp_path / "run" / "summary.json"))["teacher_miou"]
+    assert measured == pytest.approx(json.load(open(os.path.join(out_dir, "summary.json")))["teacher_miou"])
