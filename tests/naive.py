@@ -187,6 +187,7 @@ def teacher_entropy(logits, temperature: float = 1.0):
 # --- shared test inputs and tolerances --------------------------------------------------------
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+FLOAT64_BACKENDS = ("torch", "cpu")  # the backends that also take float64 (DESIGN §2)
 LAYOUTS = ("contiguous", "channels_last", "sliced")
 
 # (rtol, atol relative to the largest expected magnitude) for a result stored in that dtype

@@ -14,9 +14,9 @@ import torch
 import frkd_kernels
 import naive
 from frkd_kernels import _backend
-from naive import FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos, with_layout
+from naive import (FLOAT64_BACKENDS, FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos,
+                   with_layout)
 
-FLOAT64_BACKENDS = ("torch", "cpu")
 K = 4
 SHAPE = (2, 5, 4, 7)  # B, C, H, W
 

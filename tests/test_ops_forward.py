@@ -14,9 +14,9 @@ import torch
 
 import frkd_kernels
 import naive
-from naive import FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos, with_layout
+from naive import (FLOAT64_BACKENDS, FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos,
+                   with_layout)
 
-FLOAT64_BACKENDS = ("torch", "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
