@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-check the CUDA backend without a GPU or a CUDA build of torch:
-#  1. every csrc/cuda/*.cu with nvcc -c -std=c++17 -Icsrc for sm_80 and sm_90, warnings as errors;
+#  1. every csrc/cuda/*.cu with nvcc -c -std=c++17 -Icsrc for sm_80 and sm_90, with the flags
+#     torch's build adds, warnings as errors;
 #  2. when torch's headers and CUDA's headers are both found, a host-compiler syntax check of the
 #     torch binding csrc/cuda/*.cpp (a CPU wheel lacks one generated CUDA header; an empty stand-in
 #     is supplied for it in the temp dir).
@@ -28,12 +29,15 @@ if [ ${#sources[@]} -eq 0 ]; then
   exit 1
 fi
 
+# The flags torch.utils.cpp_extension adds to every nvcc call of the real build.
+torch_nvcc_flags=(-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__
+  -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr -Xcompiler -fPIC)
 failed=0
 for arch in sm_80 sm_90; do
   for src in "${sources[@]}"; do
     obj="$tmp/$(basename "$src" .cu).$arch.o"
-    if "$NVCC" -c -std=c++17 -arch="$arch" -Icsrc -Werror all-warnings -Xcompiler -Wall,-Wextra \
-        "$src" -o "$obj"; then
+    if "$NVCC" -c -std=c++17 -arch="$arch" -Icsrc "${torch_nvcc_flags[@]}" -Werror all-warnings \
+        -Xcompiler -Wall,-Wextra "$src" -o "$obj"; then
       echo "check_cuda_compile: ok   $src ($arch)"
     else
       echo "check_cuda_compile: FAIL $src ($arch)"
