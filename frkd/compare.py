@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -70,8 +71,9 @@ def benchmark_config(args) -> dict:
 
 
 def table_rows(methods: list[str], ablations: bool, frkd_flags: list[str]) -> list[tuple[str, str, list[str]]]:
-    """(row name, method, loss flags) in table order: ``none`` first, ablations after ``frkd``."""
-    rows = [(m, m, list(frkd_flags) if m == "frkd" else []) for m in (["none"] + [m for m in methods if m != "none"])]
+    """(row name, method, loss flags) in table order: ``none`` first (when asked for), ablations after ``frkd``."""
+    ordered = sorted(dict.fromkeys(methods), key=lambda m: m != "none")
+    rows = [(m, m, list(frkd_flags) if m == "frkd" else []) for m in ordered]
     if ablations and "frkd" in methods:
         rows += [(name, "frkd", list(frkd_flags) + flags) for name, flags in ABLATIONS.items()]
     return rows
@@ -197,7 +199,9 @@ def run_in_child(job: dict) -> dict | None:
     process.start()
     try:
         process.join()
-    except KeyboardInterrupt:  # the child got the signal too: let it save last.pt
+    except BaseException:  # Ctrl-C or SIGTERM: the child's trainer saves last.pt on SIGTERM, then stops
+        if process.is_alive():
+            process.terminate()
         process.join()
         raise
     if process.exitcode != 0 or not os.path.exists(result_path):
@@ -259,11 +263,37 @@ def write_report(out_dir: str, results_path: str, rows, teacher: dict, config: d
     return table
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .engine import TrainingStopped
+
+    previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
+    try:
+        return compare(args)
+    except (KeyboardInterrupt, TrainingStopped):
+        print(f"frkd.compare: stopped; finished runs are kept in {os.path.join(args.out_dir, 'results.jsonl')}, "
+              "an interrupted one in its last.pt: rerun the same command to continue", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def compare(args) -> int:
+    """Teacher, then every missing (row, seed) run, then the table; 1 when some run failed."""
     from .compare_report import append_result, read_results
     from .distributed import resolve_device
 
-    args = build_parser().parse_args(argv)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     config = benchmark_config(args)
     rows = table_rows(args.methods, not (args.no_ablations or args.quick), config["frkd_flags"])

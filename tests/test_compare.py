@@ -20,7 +20,7 @@ def test_rows_put_none_first_and_ablations_after_frkd():
     for name, method, flags in rows[2:]:
         assert method == "frkd" and flags[:2] == ["--tau", "0.5"]
         assert flags[2:] == compare.ABLATIONS.get(name, [])
-    assert [n for n, _, _ in compare.table_rows(["kd"], ablations=True, frkd_flags=[])] == ["none", "kd"]
+    assert [n for n, _, _ in compare.table_rows(["kd"], ablations=True, frkd_flags=[])] == ["kd"]
 
 
 def test_ablation_flags_are_accepted_by_the_trainer():
