@@ -73,7 +73,8 @@ def markdown(result: dict) -> str:
         f"torch {m['torch']}, triton {m['triton']}; commit {m['commit']}; {m['utc']}",
         f"- Timer: {m['timer']}; dtype {m['dtype']}, labels {m['label_dtype']}",
         f"- Measured copy bandwidth: {m['copy_bandwidth_gb_per_s']:.1f} GB/s ({m['copy_bytes'] / 2**20:.0f} MiB tensor)",
-        f"- Load average (1 min) before / after: {m['load_before']:.2f} / {m['load_after']:.2f}",
+        f"- Load average (1 min; sampled after each workload) at start / max / end: "
+        f"{m['load_start']:.2f} / {m['load_max']:.2f} / {m['load_end']:.2f}",
         "- Shapes: " + "; ".join(f"`{n}` {_dims(d)}" for n, d in m["shapes"].items()),
         "- GB/s, % copy BW and peak MiB are for forward+backward (forward for `teacher_entropy`); "
         "× vs peer = peer time / this time, for forward / backward / forward+backward.",

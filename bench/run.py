@@ -100,7 +100,7 @@ def run(args, argv: list[str]) -> dict:
         shape_list = shape_list[:1]
     live = providers.availability(device, args.providers)
     skipped = {name: why for name in args.ops if (why := WORKLOADS[name].unavailable())}
-    load_before = os.getloadavg()[0]
+    loads = [os.getloadavg()[0]]  # 1-minute load average, sampled after every workload
     copy_gbs = copy_bandwidth_gbs(device, COPY_BYTES[device.type], warmup=args.warmup, repeats=max(repeats, 5))
     feature_size = torch.empty(0, dtype=dtype).element_size()
     rows = []
@@ -120,6 +120,7 @@ def run(args, argv: list[str]) -> dict:
                 timing = f"{r['median_ms']:.3f} ms" if r["error"] is None else r["error"]
                 print(f"{shape.name:>14} {name:>20} {r['provider']:>10} {r['mode']:>16}: {timing}", flush=True)
             rows.extend(new)
+            loads.append(os.getloadavg()[0])
             del x, expected
     timer = ("triton.testing.do_bench, quantiles 0.5/0.2/0.8, L2 flushed between calls" if device.type == "cuda"
              else f"time.perf_counter, {args.warmup} warm-up + {repeats} timed rounds interleaving the providers, "
@@ -131,7 +132,7 @@ def run(args, argv: list[str]) -> dict:
         "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "dtype": args.dtype, "label_dtype": "int64", "timer": timer,
         "copy_bandwidth_gb_per_s": copy_gbs, "copy_bytes": COPY_BYTES[device.type],
-        "load_before": load_before, "load_after": os.getloadavg()[0],
+        "load_start": loads[0], "load_max": max(loads), "load_end": loads[-1],
         "providers": live, "skipped_workloads": skipped,
         "shapes": {s.name: s.dims() for s in shape_list},
         "workloads": {name: WORKLOADS[name].description for name in args.ops if name not in skipped},
