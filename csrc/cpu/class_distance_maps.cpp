@@ -35,7 +35,8 @@ acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
 // dots[k * T + i] = Σ_c protos[k, c]·tile[c, i] and fsq[i] = Σ_c tile[c, i]² for a channel-major
 // tile, kBlock pixels at a time (columns past the tile's pixels hold finite stale values).
 template <typename acc_t>
-void tile_dots(const acc_t* tile, const acc_t* P, int64_t C, int64_t K, int64_t n, acc_t* dots, acc_t* fsq) {
+FRKD_VECTOR_CLONES void tile_dots(const acc_t* tile, const acc_t* P, int64_t C, int64_t K, int64_t n, acc_t* dots,
+                                  acc_t* fsq) {
   for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
     acc_t sq[kBlock] = {};
     for (int64_t c = 0; c < C; ++c)
@@ -58,7 +59,7 @@ void distance_forward(const FeatureMap& f, const std::vector<int32_t>& cls, cons
   const int64_t C = f.C, N = f.N, tiles = num_tiles(N);
   std::vector<acc_t> pnorm = squared_norms(protos, B * K, C);
   for (acc_t& v : pnorm) v = std::sqrt(v);
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * tiles, grain(T * C * K), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile(C * T), dots(K * T), fsq(T);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles, p0 = (task % tiles) * T, n = std::min(T, N - p0);
@@ -93,10 +94,59 @@ void distance_forward(const FeatureMap& f, const std::vector<int32_t>& cls, cons
 // are added in order, so the result does not depend on the thread count (<= 64 chunks per image).
 int64_t tiles_per_chunk(int64_t tiles) { return std::max<int64_t>(16, (tiles + 63) / 64); }
 
-// Backward on pixel-major tiles (tile[i * ld + c]): per pixel, with the own class o and the saved
-// arg-max class a (row K of `table` is zero and stands for "none"),
-//   grad_f = coef_o·c_o + coef_a·c_a − beta·f,  coef = g/(|f||c|), beta = Σ g·cos / |f|²,
-//   grad_c_k = Σ_p coef_{p,k}·f_p − c_k·(Σ_p g·cos)_{k} / |c_k|².
+// One image's inputs to the backward; row K of `table` is zero and stands for "no class".
+template <typename acc_t>
+struct BackwardImage {
+  int64_t C, K;
+  acc_t eps;
+  const acc_t* table;       // (K+1)×C prototypes
+  const acc_t* norms;       // K+1 prototype norms
+  const int32_t* own;       // per pixel: own class index in [0, K]
+  const int32_t* arg;       // per pixel: saved arg-max class (-1 or out of range: none)
+  const acc_t* grad_intra;  // per pixel
+  const acc_t* grad_inter;  // per pixel
+};
+
+// The backward of the n pixels of a pixel-major tile (tile[i * ld + c]; img's per-pixel pointers
+// start at the tile). Per pixel, with own class o and saved arg-max class a:
+//   grad_f = coef_o·c_o + coef_a·c_a − beta·f,  coef = g/(|f||c|),  beta = Σ g·cos / |f|²,
+// written to out[i * ld + c] when out is given; when part is given, coef·f is added to the class
+// rows of part ((K+1)×C) and g·cos to gcos_part (K+1), for grad_c_k = Σ coef·f − c_k·Σ g·cos / |c_k|².
+template <typename acc_t>
+FRKD_VECTOR_CLONES void backward_tile(const BackwardImage<acc_t>& img, const acc_t* tile, int64_t ld, int64_t n,
+                                      acc_t* out, acc_t* part, acc_t* gcos_part) {
+  const int64_t C = img.C, K = img.K;
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t o = img.own[i], a = img.arg[i] >= 0 && img.arg[i] < K ? img.arg[i] : K;
+    const acc_t *fi = tile + i * ld, *co = img.table + o * C, *ca = img.table + a * C;
+    acc_t fsq = 0, dot_o = 0, dot_a = 0;
+#pragma omp simd reduction(+ : fsq, dot_o, dot_a)
+    for (int64_t c = 0; c < C; ++c) {
+      fsq += fi[c] * fi[c];
+      dot_o += fi[c] * co[c];
+      dot_a += fi[c] * ca[c];
+    }
+    const acc_t fn = std::sqrt(fsq), den_o = img.norms[o] * fn, den_a = img.norms[a] * fn;
+    const bool ok_o = o < K && den_o >= img.eps, ok_a = a < K && den_a >= img.eps;
+    const acc_t coef_o = ok_o ? img.grad_intra[i] / den_o : acc_t(0);
+    const acc_t coef_a = ok_a ? img.grad_inter[i] / den_a : acc_t(0);
+    const acc_t gcos_o = ok_o ? img.grad_intra[i] * (dot_o / den_o) : acc_t(0);
+    const acc_t gcos_a = ok_a ? img.grad_inter[i] * (dot_a / den_a) : acc_t(0);
+    if (out) {
+      const acc_t beta = (gcos_o + gcos_a) / (fsq > 0 ? fsq : acc_t(1));
+      acc_t* gi = out + i * ld;
+      for (int64_t c = 0; c < C; ++c) gi[c] = coef_o * co[c] + coef_a * ca[c] - beta * fi[c];
+    }
+    if (part) {
+      acc_t *so = part + o * C, *sa = part + a * C;
+      for (int64_t c = 0; c < C; ++c) so[c] += coef_o * fi[c];
+      for (int64_t c = 0; c < C; ++c) sa[c] += coef_a * fi[c];
+      gcos_part[o] += gcos_o;
+      gcos_part[a] += gcos_a;
+    }
+  }
+}
+
 template <typename acc_t>
 void distance_backward(const acc_t* grad_intra, const acc_t* grad_inter, const FeatureMap& f,
                        const std::vector<int32_t>& cls, const acc_t* protos, const int32_t* inter_class, int64_t B,
@@ -112,50 +162,24 @@ void distance_backward(const acc_t* grad_intra, const acc_t* grad_inter, const F
   const int64_t part_size = (K + 1) * C;
   std::vector<acc_t> partial(grad_protos ? B * chunks * part_size : 0, acc_t(0));
   std::vector<acc_t> gcos_partial(grad_protos ? B * chunks * (K + 1) : 0, acc_t(0));
-  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * chunks, grain(per_chunk * T * C), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile(T * ld), out(grad_feat ? T * ld : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / chunks, chunk = task % chunks;
-      const acc_t* P = table.data() + b * part_size;
-      const acc_t* norms = pnorm.data() + b * (K + 1);
       acc_t* part = grad_protos ? partial.data() + task * part_size : nullptr;
       acc_t* gcos_part = grad_protos ? gcos_partial.data() + task * (K + 1) : nullptr;
       for (int64_t t = chunk * per_chunk; t < std::min(tiles, (chunk + 1) * per_chunk); ++t) {
-        const int64_t p0 = t * T, n = std::min(T, N - p0);
+        const int64_t p0 = t * T, n = std::min(T, N - p0), q0 = b * N + p0;
+        const BackwardImage<acc_t> img{C, K, eps, table.data() + b * part_size, pnorm.data() + b * (K + 1),
+                                       cls.data() + q0, inter_class + q0, grad_intra + q0, grad_inter + q0};
         load_tile(f, b, 0, C, p0, n, tile.data(), 1, ld);
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t q = b * N + p0 + i;
-          const int32_t o = cls[q], a = inter_class[q] >= 0 && inter_class[q] < K ? inter_class[q] : K;
-          const acc_t *fi = tile.data() + i * ld, *co = P + o * C, *ca = P + a * C;
-          const acc_t fsq = dot(fi, fi, C), fn = std::sqrt(fsq);
-          acc_t coef_o, coef_a, gcos_o, gcos_a;
-          auto term = [&](int32_t k, acc_t g, acc_t dot_fc, acc_t& coef, acc_t& gcos) {
-            const acc_t den = norms[k] * fn;
-            const bool ok = k < K && den >= eps;
-            coef = ok ? g / den : acc_t(0);
-            gcos = ok ? g * (dot_fc / den) : acc_t(0);
-          };
-          term(o, o < K ? grad_intra[q] : acc_t(0), dot(fi, co, C), coef_o, gcos_o);
-          term(a, a < K ? grad_inter[q] : acc_t(0), dot(fi, ca, C), coef_a, gcos_a);
-          if (grad_feat) {
-            const acc_t beta = (gcos_o + gcos_a) / (fsq > 0 ? fsq : acc_t(1));
-            acc_t* gi = out.data() + i * ld;
-            for (int64_t c = 0; c < C; ++c) gi[c] = coef_o * co[c] + coef_a * ca[c] - beta * fi[c];
-          }
-          if (part) {
-            acc_t *so = part + o * C, *sa = part + a * C;
-            for (int64_t c = 0; c < C; ++c) so[c] += coef_o * fi[c];
-            for (int64_t c = 0; c < C; ++c) sa[c] += coef_a * fi[c];
-            gcos_part[o] += gcos_o;
-            gcos_part[a] += gcos_a;
-          }
-        }
+        backward_tile(img, tile.data(), ld, n, grad_feat ? out.data() : nullptr, part, gcos_part);
         if (grad_feat) store_tile(*grad_feat, b, 0, C, p0, n, out.data(), 1, ld);
       }
     }
   });
   if (!grad_protos) return;
-  at::parallel_for(0, B * K, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * K, grain(chunks * C), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / K, k = r % K;
       acc_t gcos = 0;

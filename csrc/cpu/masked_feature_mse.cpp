@@ -12,7 +12,7 @@ template <typename acc_t>
 acc_t mse_forward(const FeatureMap& s, const FeatureMap& t, const acc_t* weight, int64_t B) {
   const int64_t C = s.C, N = s.N, tiles = num_tiles(N);
   std::vector<acc_t> partial(B * tiles);
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * tiles, grain(T * C), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> ts(C * T), tt(C * T), sq(T);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles, p0 = (task % tiles) * T, n = std::min(T, N - p0);
@@ -41,7 +41,7 @@ void mse_backward(acc_t grad_loss, const FeatureMap& s, const FeatureMap& t, con
                   const FeatureMap* grad_s, const FeatureMap* grad_t) {
   const int64_t C = s.C, N = s.N, tiles = num_tiles(N);
   const acc_t scale = acc_t(2) / static_cast<acc_t>(C) * grad_loss;
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * tiles, grain(T * C), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> ts(C * T), tt(C * T), w(T);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / tiles, p0 = (task % tiles) * T, n = std::min(T, N - p0);

@@ -11,7 +11,7 @@ constexpr int64_t kGroup = 16;
 // counts[b, k] = number of pixels of image b whose class index is k (k < K).
 template <typename acc_t>
 void count_classes(const std::vector<int32_t>& cls, int64_t B, int64_t N, int64_t K, acc_t* counts) {
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, grain(N), [&](int64_t begin, int64_t end) {
     std::vector<int64_t> n(K + 1);
     for (int64_t b = begin; b < end; ++b) {
       std::fill(n.begin(), n.end(), 0);
@@ -27,7 +27,7 @@ void pool_forward(const FeatureMap& f, const std::vector<int32_t>& cls, int64_t 
                   acc_t* counts) {
   count_classes(cls, B, f.N, K, counts);
   const int64_t groups = (f.C + kGroup - 1) / kGroup;
-  at::parallel_for(0, B * groups, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * groups, grain(f.N * kGroup), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sums((K + 1) * kGroup), tile(kTilePixels * kGroup, acc_t(0));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / groups, c0 = (task % groups) * kGroup, nc = std::min(kGroup, f.C - c0);
@@ -56,7 +56,7 @@ void pool_backward(const acc_t* grad_protos, const std::vector<int32_t>& cls, co
                    int64_t K, const FeatureMap& grad_feat) {
   const int64_t C = grad_feat.C, N = grad_feat.N;
   std::vector<acc_t> scaled(B * (K + 1) * C, acc_t(0));  // row K of each image stays 0 (ignored pixels)
-  at::parallel_for(0, B * K, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * K, grain(C), [&](int64_t begin, int64_t end) {
     for (int64_t bk = begin; bk < end; ++bk) {
       const int64_t b = bk / K, k = bk % K;
       const acc_t n = std::max(counts[bk], acc_t(1));
@@ -64,7 +64,7 @@ void pool_backward(const acc_t* grad_protos, const std::vector<int32_t>& cls, co
     }
   });
   const int64_t tiles = num_tiles(N);
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * tiles, grain(kTilePixels * C), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> tile(C * kTilePixels);
     int64_t row[kTilePixels];
     for (int64_t task = begin; task < end; ++task) {

@@ -15,7 +15,7 @@ template <typename acc_t>
 void entropy_forward(const FeatureMap& logits, int64_t B, acc_t temperature, acc_t* entropy, int64_t* pred) {
   const int64_t K = logits.C, N = logits.N, tiles = num_tiles(N);
   const acc_t inv_log_k = K > 1 ? acc_t(1) / std::log(static_cast<acc_t>(K)) : acc_t(0);
-  at::parallel_for(0, B * tiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * tiles, grain(T * K), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> z(K * T), best(T), zmax(T), sum_e(T), sum_ez(T);
     std::vector<int64_t> arg(T);
     for (int64_t task = begin; task < end; ++task) {

@@ -12,6 +12,13 @@
 #include <cstdint>
 #include <vector>
 
+// Hot loops get AVX2 and AVX-512 clones next to the baseline build, picked at load time (GCC, x86-64).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FRKD_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FRKD_VECTOR_CLONES
+#endif
+
 namespace frkd::cpu {
 
 constexpr int64_t kTilePixels = 64;
@@ -93,6 +100,11 @@ void store_tile(const FeatureMap& f, int64_t b, int64_t c0, int64_t nc, int64_t 
 
 inline int64_t num_tiles(int64_t n) { return (n + kTilePixels - 1) / kTilePixels; }
 
+// Grain size for at::parallel_for over items that each cost about `cost` element operations:
+// loops with less than kParallelWork operations in all run on the calling thread.
+constexpr int64_t kParallelWork = 32768;
+inline int64_t grain(int64_t cost) { return std::max<int64_t>(1, kParallelWork / std::max<int64_t>(cost, 1)); }
+
 // Class index of every pixel, cls[b * N + p] in [0, K]: the label when 0 <= label < K and
 // label != ignore_index, else K (the "ignored" bucket). labels: B×H×W uint8/int32/int64, any strides.
 inline std::vector<int32_t> class_map(const at::Tensor& labels, int64_t K, int64_t ignore_index) {
@@ -101,7 +113,7 @@ inline std::vector<int32_t> class_map(const at::Tensor& labels, int64_t K, int64
   AT_DISPATCH_INTEGRAL_TYPES(labels.scalar_type(), "frkd_class_map", [&] {
     const scalar_t* y = labels.const_data_ptr<scalar_t>();
     const int64_t sb = labels.stride(0), sh = labels.stride(1), sw = labels.stride(2);
-    at::parallel_for(0, B * H, 64, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * H, grain(W), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const scalar_t* src = y + (row / H) * sb + (row % H) * sh;
         int32_t* dst = cls.data() + row * W;
