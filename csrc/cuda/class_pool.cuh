@@ -68,7 +68,7 @@ inline ClassPoolPlan plan_class_pool(int64_t B, int64_t K, int64_t C, int64_t N,
     // flushed K×(C+1) partials stay small next to the features read.
     const int64_t tiles = ceil_div(N, kTile);
     const int64_t min_tiles = ceil_div(4 * K > kTile ? 4 * K : kTile, kTile);
-    int64_t splits = ceil_div(4 * static_cast<int64_t>(sm_count()), B * p.chunks);
+    int64_t splits = ceil_div(8 * static_cast<int64_t>(sm_count()), B * p.chunks);
     const int64_t max_splits = ceil_div(tiles, min_tiles);
     splits = splits < 1 ? 1 : (splits > max_splits ? max_splits : splits);
     p.split_len = ceil_div(tiles, splits) * kTile;
