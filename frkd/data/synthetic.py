@@ -7,7 +7,7 @@ background; later objects occlude earlier ones.
 - Object classes 1..K-1 (``num_classes`` = K, default 8, at most 29): a random shape (disc,
   ellipse, rectangle, triangle or a band across the image) filled with the class's texture —
   horizontal stripes, vertical stripes, checkerboard, dots, concentric rings, diagonal
-  cross-hatch or speckle — with a per-object period of 4–8 px (at 64 px) and phase, in the
+  cross-hatch or speckle — with a per-object period of 8–14 px (at 64 px) and phase, in the
   class's saturated colour (red, blue, yellow, green; class k has texture (k-1) mod 7 and
   colour (k-1) mod 4). Colour finds objects and narrows the class down quickly (a small
   network gets that far), but classes sharing a colour (1 and 5, 2 and 6, 3 and 7 at K = 8)
@@ -123,7 +123,7 @@ def generate_scene(rng, height: int, width: int, num_classes: int) -> tuple[np.n
         k = int(rng.integers(1, num_classes))
         texture, colour = class_texture_and_colour(k)
         mask, cy, cx = _shape_mask(SHAPES[rng.integers(len(SHAPES))], rng, ys, xs, height, width)
-        pattern = _texture(texture, rng, ys, xs, cy, cx, rng.uniform(4, 8) * scale)
+        pattern = _texture(texture, rng, ys, xs, cy, cx, rng.uniform(8, 14) * scale)
         tint = OBJECT_COLOURS[colour] * rng.uniform(0.75, 1.15) + rng.normal(0, 0.05, size=3)
         contrast = rng.uniform(0.4, 0.6)
         fill = tint * (1 - contrast + contrast * pattern[..., None])
