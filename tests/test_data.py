@@ -312,6 +312,7 @@ def test_synthetic_classes_are_not_separable_by_mean_colour():
     (dict(name="synthetic", num_classes=1), ValueError, "num_classes must be an int"),
     (dict(name="synthetic", length=0), ValueError, "length must be a positive int"),
     (dict(name="synthetic", crop_size=(4, 0)), ValueError, "crop_size: expected a positive int"),
+    (dict(name="synthetic", crop_size=None), ValueError, "crop_size: training needs a crop size"),
     (dict(name="voc", root=None), ValueError, "a root folder is required"),
 ])
 def test_bad_arguments_are_named(kwargs, error, message):

@@ -84,6 +84,8 @@ class SegmentationDataset(Dataset):
         self.crop_size = as_size(crop_size, "crop_size")
         self.resize = as_size(resize, "resize")
         self.train = bool(train)
+        if self.train and self.crop_size is None:
+            raise ValueError("crop_size: training needs a crop size (int or (H, W)), got None")
         self.seed = int(seed)
         self.epoch = None
 

@@ -37,6 +37,4 @@ def build_model(
     feat_channels = FEAT_CHANNELS_PER_WIDTH[backbone] * width
     head = HEADS[arch](resnet.layer4_channels, feat_channels, num_classes)
     aux_head = FCNHead(resnet.layer3_channels, num_classes) if aux else None
-    model = SegmentationModel(resnet, head, aux_head, feat_channels)
-    model.arch, model.backbone_name, model.num_classes, model.width = arch, backbone, num_classes, width
-    return model
+    return SegmentationModel(resnet, head, aux_head, feat_channels)
