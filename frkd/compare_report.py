@@ -89,8 +89,9 @@ def markdown_table(rows: list[dict], teacher: dict, config: dict) -> str:
         spread = f" ± {r['std']:.2f}" if r["std"] is not None else ""
         closed = 100 * r["gain"] / gap if gap and r["gain"] is not None and r["row"] != "none" else None
         gain = "—" if r["row"] == "none" else _fmt(r["gain"], "+.2f")
+        closed = "—" if r["row"] == "none" else _fmt(closed, ".0f") + ("%" if closed is not None else "")
         lines.append(f"| {r['row']} | {' '.join(r['flags']) or '—'} | {r['mean']:.2f}{spread} | "
-                     f"{','.join(map(str, r['seeds']))} | {gain} | {_fmt(closed, '.0f')}{'%' if closed is not None else ''} "
+                     f"{','.join(map(str, r['seeds']))} | {gain} | {closed} "
                      f"| {r['s_per_iter']:.3f} | {_fmt(r['peak_mem_mb'], '.0f')} |")
     lines += ["", f"Peak memory: {PEAK_MEM_KINDS.get(kind, 'n/a')}. Per-seed mIoU: " +
               "; ".join(f"{r['row']} " + ", ".join(f"{m:.2f}" for m in r["mious"]) for r in rows) + "."]
