@@ -39,8 +39,9 @@ def random_scale_crop_flip(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random scale, pad (image 0 after normalisation = mean, label 255), random crop, h-flip.
 
-    Only the crop window is resampled (PIL ``resize(box=...)`` samples exactly the pixels a
-    full rescale would give there), so the cost follows the crop, not the scaled image.
+    Only the crop window is resampled (PIL ``resize(box=...)`` on the sampling grid of the
+    full rescale, equal to it up to PIL's rounding), so the cost follows the crop, not the
+    scaled image. Image and label use the same box, so they stay aligned.
     Returns (3×H×W float32, H×W int64) with (H, W) = crop_size.
     """
     crop_h, crop_w = crop_size
