@@ -211,6 +211,33 @@ def test_train_crops_have_the_crop_size_and_valid_labels(tmp_path):
         assert ((kept >= 0) & (kept < 21)).all()
 
 
+def test_augmented_labels_stay_aligned_with_the_image(tmp_path):
+    # left 5 columns red (class 1), the rest blue (class 2): an asymmetric layout shows flips
+    image_dir = tmp_path / "leftImg8bit" / "train" / "bonn"
+    label_dir = tmp_path / "gtFine" / "train" / "bonn"
+    image_dir.mkdir(parents=True)
+    label_dir.mkdir(parents=True)
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, :5, 0], rgb[:, 5:, 2] = 255, 255
+    train_ids = np.full((H, W), 2, np.uint8)
+    train_ids[:, :5] = 1
+    Image.fromarray(rgb).save(image_dir / "bonn_000000_000000_leftImg8bit.png")
+    Image.fromarray(train_ids).save(label_dir / "bonn_000000_000000_gtFine_labelTrainIds.png")
+    ds = build_dataset("cityscapes", str(tmp_path), "train", crop_size=(10, 12), train=True)
+    flipped = 0
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        image, label = ds[0]
+        redder = image[0] > image[2]
+        for k, want_red in ((1, True), (2, False)):
+            region = label == k
+            if region.any():
+                assert (redder[region] == want_red).float().mean() > 0.9
+        columns = (label == 1).any(0).nonzero()
+        flipped += bool(len(columns)) and columns.max().item() == label.shape[1] - 1
+    assert flipped > 0
+
+
 def test_padding_is_zero_image_and_ignore_label():
     # 8×8 images scaled by at most 2 never fill a 40×40 crop
     ds = build_dataset("synthetic", None, "train", crop_size=40, image_size=8, train=True, length=4)
