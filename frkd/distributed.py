@@ -72,6 +72,15 @@ def all_reduce_mean(values: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(values.keys(), stacked.tolist()))
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` is set on any rank (one all-reduce; just ``flag`` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 from collections import defaultdict
 
@@ -22,8 +21,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import checkpoint
-from .distributed import DistEnv, all_reduce_mean
+from .distributed import DistEnv, all_reduce_mean, any_rank
 from .inference import evaluate
+from .interrupts import StopSignal, ignore_sigint_in_worker
 from .run_log import MetricsLog
 from .sampling import IterationBatchSampler, SeededSamples, rank_shard
 
@@ -81,47 +81,6 @@ class StepModule(nn.Module):
         if self.distill is not None:
             terms.update(self.distill(out, teacher_out, labels))
         return terms
-
-
-class _StopSignal:
-    """Turns SIGINT/SIGTERM into a flag checked between iterations; a second Ctrl-C aborts at once."""
-
-    def __init__(self):
-        self.requested = None
-        self._previous = {}
-
-    def _handler(self, signum, frame):
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = "interrupted" if signum == signal.SIGINT else "terminated"
-
-    def __enter__(self):
-        if _in_main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _in_main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-def _ignore_sigint_in_worker(_worker_id: int) -> None:
-    """Data workers leave Ctrl-C to the main process, which saves a checkpoint first."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
 
 
 def evaluate_model(model: nn.Module, val_set, args, env: DistEnv) -> dict:
@@ -216,7 +175,7 @@ class Trainer:
                                         self.env.world_size, self.args.seed, self.iteration, self.max_iterations)
         return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler, num_workers=self.args.workers,
                           pin_memory=self.env.device.type == "cuda", generator=torch.Generator(),
-                          worker_init_fn=_ignore_sigint_in_worker if self.args.workers else None)
+                          worker_init_fn=ignore_sigint_in_worker if self.args.workers else None)
 
     # ---------------------------------------------------------------- loop
     def evaluate(self) -> dict:
@@ -232,7 +191,7 @@ class Trainer:
 
     def _check_finite(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         local_bad = not bool(torch.isfinite(loss.detach()))
-        if not _any_rank(local_bad, self.env.device):
+        if not any_rank(local_bad, self.env.device):
             return
         at = f"at iteration {self.iteration + 1} ({self.phase} phase)"
         for name, value in terms.items():
@@ -282,10 +241,10 @@ class Trainer:
         sums, count = defaultdict(float), 0
         bar = tqdm(total=self.max_iterations, initial=self.iteration, desc=self.phase, dynamic_ncols=True,
                    disable=not self.env.is_main, mininterval=1.0)
-        with _StopSignal() as stop, bar:
+        with StopSignal() as stop, bar:
             batches = iter(self._train_loader())
             while self.iteration < self.max_iterations:
-                if _any_rank(stop.requested is not None, self.env.device):
+                if any_rank(stop.requested is not None, self.env.device):
                     self._stop(stop.requested or "stopped by another rank")
                 images, labels = next(batches)
                 images = images.to(self.env.device, non_blocking=True)
