@@ -152,3 +152,22 @@ def test_private_ops_name_the_bad_argument(call, argument):
     feat, labels = torch.randn(2, 5, 4, 6), torch.zeros(2, 4, 6, dtype=torch.int64)
     with pytest.raises(RuntimeError, match=argument):
         call(feat, labels)
+
+
+def test_backward_routes_inter_gradient_to_the_saved_class():
+    """The backward uses the inter_class it is given (the forward's arg-max), never a recomputation;
+    a value outside [0, K) means "no class" and is never used as an index."""
+    from frkd_kernels import cpu_backend
+
+    feat, labels, _ = _inputs(7, shape=(1, 6, 1, 3), zero_pixels=False)
+    labels = torch.tensor([[[0, 1, 255]]])
+    protos = torch.randn(1, K, 6)
+    counts = torch.ones(1, K)
+    saved = torch.tensor([[[3, 2**20, -1]]], dtype=torch.int32)  # pixel 0 -> class 3; the others: none
+    zeros, ones = torch.zeros(1, 1, 3), torch.ones(1, 1, 3)
+    _, grad_protos = cpu_backend.class_distance_maps_backward(zeros, ones, feat, labels, protos, counts, saved,
+                                                              255, 1e-8, False, True)
+    touched = grad_protos.abs().sum(2)[0] > 0
+    assert touched.tolist() == [k == 3 for k in range(K)]
+    expected = naive._d_cos(protos[0, 3].double().numpy(), feat[0, :, 0, 0].double().numpy(), 1e-8)
+    assert_close(grad_protos[0, 3], torch.from_numpy(expected), torch.float32, "grad of the saved class")
