@@ -219,3 +219,15 @@ def test_a_bare_state_dict_teacher_is_built_from_the_flags_and_measured(run_dir,
     assert "teacher: mIoU" in stdout
     measured = json.load(open(tmp_path / "run" / "summary.json"))["teacher_miou"]
     assert measured == pytest.approx(json.load(open(os.path.join(out_dir, "summary.json")))["teacher_miou"])
+
+
+def test_a_teacher_phase_stopped_and_resumed_gives_the_same_teacher(run_dir, tmp_path):
+    out_dir = str(tmp_path)
+    code, stdout, _ = run_train(TINY + ["--out-dir", out_dir, "--stop-at-iteration", "2"])
+    assert code == 0 and "stopped after iteration 2" in stdout and "teacher/last.pt" in stdout
+    assert not os.path.exists(os.path.join(out_dir, "teacher.pt"))
+    code, stdout, _ = run_train(TINY + ["--out-dir", out_dir, "--resume", "auto", "--max-iterations", "1"])
+    assert code == 0 and "[teacher] resumed from" in stdout
+    resumed = torch.load(os.path.join(out_dir, "teacher.pt"), weights_only=False)["model"]
+    uninterrupted = torch.load(os.path.join(run_dir[0], "teacher.pt"), weights_only=False)["model"]
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
