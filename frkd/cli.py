@@ -11,17 +11,22 @@ import os
 MODELS = ("deeplabv3", "pspnet")
 BACKBONES = ("resnet18", "resnet50", "resnet101")
 
-# Synthetic: a CPU recipe (teacher + student ≈ 150 s of single-thread CPU time, < 5 min on 2 cores). Real datasets: CIRKD's recipes.
+# Synthetic: a CPU recipe (teacher + student ≈ 140 s of single-thread CPU time, < 5 min on 2 cores),
+# on one intra-op thread: its tiny convolutions gain little from threads, and on a busy shared CPU
+# two spinning OpenMP threads cost ~50x the CPU time of one. Real datasets: CIRKD's recipes.
 DATASET_DEFAULTS = {
     "synthetic": dict(crop_size=(64, 64), batch_size=8, max_iterations=500, teacher_iterations=800, lr=0.02,
                       width=16, teacher_width=16, teacher_backbone="resnet50", val_per_iters=250,
-                      save_per_iters=250, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole"),
+                      save_per_iters=250, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
+                      threads=1),
     "cityscapes": dict(crop_size=(512, 1024), batch_size=16, max_iterations=40000, teacher_iterations=40000,
                        lr=0.02, width=64, teacher_width=64, teacher_backbone="resnet101", val_per_iters=4000,
-                       save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole"),
+                       save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole",
+                       threads=0),
     "voc": dict(crop_size=(512, 512), batch_size=16, max_iterations=40000, teacher_iterations=40000, lr=0.01,
                 width=64, teacher_width=64, teacher_backbone="resnet101", val_per_iters=4000,
-                save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole"),
+                save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole",
+                threads=0),
 }
 
 
@@ -61,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, default=None, help="CPU intra-op threads per process (0: torch's default)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out-dir", default=None, help="default: runs/<dataset>-<student>-<method>")
     g.add_argument("--resume", default=None, help="a last.pt path, or 'auto' for <out-dir>/last.pt")

@@ -10,6 +10,8 @@ import os
 import sys
 import time
 
+import torch
+
 from . import checkpoint
 from .checkpoint import seed_everything
 from .cli import parse_args
@@ -174,6 +176,8 @@ def train(args, env: DistEnv) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     env = init_distributed(args.device)
     try:
         train(args, env)
