@@ -221,11 +221,11 @@ class Trainer:
         self.iteration += 1
         return {**{k: v.detach().float() for k, v in terms.items()}, "loss": loss.detach()}
 
-    def _log_window(self, sums: dict, count: int, lr: float, started: float, start_iteration: int) -> None:
+    def _log_window(self, sums: dict, count: int, lr: float, step_seconds: float) -> None:
+        """One metrics.jsonl record: window means over ranks; it_per_s counts training steps only."""
         means = all_reduce_mean({k: v / count for k, v in sums.items()})
-        elapsed = time.time() - started
         self.log.write({"phase": self.phase, "iteration": self.iteration, "lr": lr, **means,
-                        "it_per_s": (self.iteration - start_iteration) / max(elapsed, 1e-9)})
+                        "it_per_s": count / max(step_seconds, 1e-9)})
 
     def _stop(self, reason: str):
         path = self.save("last.pt")
@@ -237,8 +237,7 @@ class Trainer:
         self.model.train()
         if self.iteration >= self.max_iterations:
             return self.last_eval or self.evaluate()
-        start_iteration, started = self.iteration, time.time()
-        sums, count = defaultdict(float), 0
+        sums, count, step_seconds = defaultdict(float), 0, 0.0
         bar = tqdm(total=self.max_iterations, initial=self.iteration, desc=self.phase, dynamic_ncols=True,
                    disable=not self.env.is_main, mininterval=1.0)
         with StopSignal() as stop, bar:
@@ -246,6 +245,7 @@ class Trainer:
             while self.iteration < self.max_iterations:
                 if any_rank(stop.requested is not None, self.env.device):
                     self._stop(stop.requested or "stopped by another rank")
+                step_started = time.perf_counter()
                 images, labels = next(batches)
                 images = images.to(self.env.device, non_blocking=True)
                 labels = labels.to(self.env.device, non_blocking=True)
@@ -253,14 +253,15 @@ class Trainer:
                 for k, v in values.items():
                     sums[k] = sums[k] + v
                 count += 1
+                step_seconds += time.perf_counter() - step_started
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.update(1)
                 if self.env.is_main:
                     bar.set_postfix(loss=f"{values['loss'].item():.4f}", lr=f"{lr:.2e}", refresh=False)
                 last = self.iteration == self.max_iterations
                 if self.iteration % a.log_per_iters == 0 or last:
-                    self._log_window(sums, count, lr, started, start_iteration)
-                    sums, count = defaultdict(float), 0
+                    self._log_window(sums, count, lr, step_seconds)
+                    sums, count, step_seconds = defaultdict(float), 0, 0.0
                 if self.iteration % a.val_per_iters == 0 or last:
                     result = self.evaluate()
                     if result["miou"] > self.best_miou:
