@@ -12,7 +12,6 @@ namespace frkd::cpu {
 namespace {
 
 constexpr int64_t T = kTilePixels;
-
 constexpr int64_t kBlock = 32;  // pixels whose dot products stay in registers in the forward
 
 // Squared norms of the prototypes: csq[b * K + k] = Σ_c protos[b, k, c]².
@@ -24,16 +23,8 @@ std::vector<acc_t> squared_norms(const acc_t* protos, int64_t BK, int64_t C) {
   return csq;
 }
 
-template <typename acc_t>
-acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
-  acc_t sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
 // dots[k * T + i] = Σ_c protos[k, c]·tile[c, i] and fsq[i] = Σ_c tile[c, i]² for a channel-major
-// tile, kBlock pixels at a time (columns past the tile's pixels hold finite stale values).
+// tile, kBlock pixels at a time (results for columns past the tile's n pixels are never read).
 template <typename acc_t>
 FRKD_VECTOR_CLONES void tile_dots(const acc_t* tile, const acc_t* P, int64_t C, int64_t K, int64_t n, acc_t* dots,
                                   acc_t* fsq) {
