@@ -6,8 +6,8 @@ background; later objects occlude earlier ones.
   grating at a random angle and pixel noise, so "striped" is not enough to say "object".
 - Object classes 1..K-1 (``num_classes`` = K, default 8, at most 29): a random shape (disc,
   ellipse, rectangle, triangle or a band across the image) filled with the class's texture —
-  horizontal stripes, vertical stripes, checkerboard, dots, concentric rings, diagonal
-  cross-hatch or speckle — with a per-object period of 8–14 px (at 64 px) and phase, in the
+  horizontal stripes, vertical stripes, checkerboard, chevron cross-hatch, flat, dots or
+  concentric rings — with a per-object period of 8–14 px (at 64 px) and phase, in the
   class's saturated colour (red, blue, yellow, green; class k has texture (k-1) mod 7 and
   colour (k-1) mod 4). Colour finds objects and narrows the class down quickly (a small
   network gets that far), but classes sharing a colour (1 and 5, 2 and 6, 3 and 7 at K = 8)
@@ -26,7 +26,9 @@ from PIL import Image
 
 from .base import SegmentationDataset, as_size
 
-TEXTURES = ("hstripes", "vstripes", "checker", "dots", "rings", "crosshatch", "speckle")
+# class k ≥ 1 has texture (k-1) mod 7 and colour (k-1) mod 4: at K = 8 the same-colour pairs are
+# (hstripes, flat), (vstripes, dots), (checker, rings), and crosshatch has green to itself
+TEXTURES = ("hstripes", "vstripes", "checker", "crosshatch", "flat", "dots", "rings")
 # red, blue, yellow, green: saturated, unlike the greyish background
 OBJECT_COLOURS = np.array([[0.85, 0.2, 0.15], [0.15, 0.4, 0.9], [0.9, 0.8, 0.2], [0.2, 0.75, 0.3]], dtype=np.float32)
 COLOUR_NAMES = ("red", "blue", "yellow", "green")
@@ -78,12 +80,9 @@ def _texture(name: str, rng, ys, xs, cy: float, cx: float, period: float) -> np.
         diagonal = (np.abs(xs - cx) + ys)  # mirror-symmetric about the object's vertical axis
         anti = (ys - np.abs(xs - cx))
         return np.maximum(wave(diagonal), wave(anti)) ** 3
-    if name != "speckle":
-        raise ValueError(f"synthetic: unknown texture {name!r}")
-    grain = max(1, int(round(period / 3)))
-    h, w = ys.shape
-    cells = rng.random((h // grain + 1, w // grain + 1)) > 0.5
-    return np.repeat(np.repeat(cells, grain, 0), grain, 1)[:h, :w].astype(np.float32)
+    if name == "flat":
+        return np.full_like(ys, 0.5)
+    raise ValueError(f"synthetic: unknown texture {name!r}")
 
 
 def _shape_mask(name: str, rng, ys, xs, height: int, width: int) -> tuple[np.ndarray, float, float]:
@@ -110,7 +109,7 @@ def _shape_mask(name: str, rng, ys, xs, height: int, width: int) -> tuple[np.nda
 
 
 def generate_scene(rng, height: int, width: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (uint8 H×W×3 image, uint8 H×W label with 255 boundaries)."""
+    """One scene with 2–5 objects (num_classes ≥ 2): (uint8 H×W×3 image, uint8 H×W label, 255 boundaries)."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = min(height, width) / 64.0
     base = rng.uniform(0.3, 0.7) + rng.normal(0, 0.05, size=3).astype(np.float32)
@@ -119,7 +118,7 @@ def generate_scene(rng, height: int, width: int, num_classes: int) -> tuple[np.n
     grating = np.sin(2 * np.pi * (np.cos(angle) * xs + np.sin(angle) * ys) / (rng.uniform(4, 10) * scale))
     image = base + 0.4 * field * rng.uniform(0.8, 1.2, size=3).astype(np.float32) + 0.08 * grating[..., None]
     label = np.zeros((height, width), dtype=np.uint8)
-    for _ in range(rng.integers(2, 6) if num_classes > 1 else 0):
+    for _ in range(rng.integers(2, 6)):
         k = int(rng.integers(1, num_classes))
         texture, colour = class_texture_and_colour(k)
         mask, cy, cx = _shape_mask(SHAPES[rng.integers(len(SHAPES))], rng, ys, xs, height, width)
