@@ -30,7 +30,7 @@ def stat_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def valid_labels(labels: torch.Tensor, num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(valid B×N bool, class index B×N int64 with invalid pixels sent to bucket K)."""
-    y = labels.reshape(labels.shape[0], -1).long()
+    y = labels.flatten(1).long()
     valid = (y >= 0) & (y < num_classes) & (y != ignore_index)
     return valid, torch.where(valid, y, num_classes)
 
@@ -51,7 +51,7 @@ def prototype_pool(feat, labels, num_classes: int, ignore_index: int):
     B, C = feat.shape[:2]
     dt = stat_dtype(feat)
     valid, idx = valid_labels(labels, num_classes, ignore_index)
-    f = feat.reshape(B, C, -1).to(dt).transpose(1, 2)  # B×N×C
+    f = feat.flatten(2).to(dt).transpose(1, 2)  # B×N×C
     sums = f.new_zeros(B, num_classes + 1, C).scatter_add(1, idx[:, :, None].expand(-1, -1, C), f)
     counts = torch.zeros(B, num_classes + 1, dtype=dt, device=feat.device).scatter_add(1, idx, valid.to(dt))
     counts = counts[:, :num_classes].contiguous()
@@ -80,7 +80,7 @@ def class_distance_maps(feat, labels, protos, counts, ignore_index: int, eps: fl
     K = protos.shape[1]
     dt = stat_dtype(feat, protos)
     valid, idx = valid_labels(labels, K, ignore_index)
-    f = feat.reshape(B, C, -1).to(dt)
+    f = feat.flatten(2).to(dt)
     cos, _, _ = _cosines(f, protos.to(dt), eps)
     own = torch.gather(cos, 1, idx.clamp_max(K - 1)[:, None, :])[:, 0]
     intra = torch.where(valid, own, torch.ones_like(own))
@@ -105,15 +105,15 @@ def class_distance_maps_backward(grad_intra, grad_inter, feat, labels, protos, c
     K = protos.shape[1]
     dt = stat_dtype(feat, protos)
     valid, idx = valid_labels(labels, K, ignore_index)
-    f = feat.reshape(B, C, -1).to(dt)
+    f = feat.flatten(2).to(dt)
     c = protos.to(dt)
     cos, ok, den = _cosines(f, c, eps)
     g = torch.zeros(B, K + 1, f.shape[2], dtype=dt, device=feat.device)
-    g.scatter_add_(1, idx[:, None, :], torch.where(valid, grad_intra.reshape(B, -1).to(dt), 0)[:, None, :])
-    arg = inter_class.reshape(B, -1).long()
+    g.scatter_add_(1, idx[:, None, :], torch.where(valid, grad_intra.flatten(1).to(dt), 0)[:, None, :])
+    arg = inter_class.flatten(1).long()
     has = arg >= 0
     g.scatter_add_(1, torch.where(has, arg, K)[:, None, :],
-                   torch.where(has, grad_inter.reshape(B, -1).to(dt), 0)[:, None, :])
+                   torch.where(has, grad_inter.flatten(1).to(dt), 0)[:, None, :])
     g = torch.where(ok, g[:, :K], torch.zeros_like(cos))
     a = g / torch.where(ok, den, torch.ones_like(den))  # B×K×N
     gc = g * cos
