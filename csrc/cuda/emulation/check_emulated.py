@@ -22,7 +22,6 @@ import os
 import re
 import sys
 import tempfile
-import types
 
 import torch
 from torch.utils.cpp_extension import load
@@ -243,15 +242,6 @@ def run_checks():
     expect("deterministic prototype_pool reproducible", all(torch.equal(a, b) for a, b in zip(first, second)))
 
 
-class _EmulatedTorch:
-    """``torch`` as cuda_backend sees it: its ``torch.ops.frkd`` is the emulated op library."""
-
-    ops = types.SimpleNamespace(frkd=None)
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-
 def _poisoned(allocate):
     def wrapper(*args, **kwargs):
         t = allocate(*args, **kwargs)
@@ -265,8 +255,7 @@ def main() -> int:
     build_dir = os.environ.get("FRKD_EMU_BUILD_DIR") or tempfile.mkdtemp(prefix="frkd_cuda_emu_")
     print(f"check_emulated: building the emulated CUDA kernels in {build_dir} (a few minutes)", flush=True)
     build(build_dir)
-    _EmulatedTorch.ops.frkd = torch.ops.frkd_emu
-    cb.torch = _EmulatedTorch()
+    cb.OPS.library = torch.ops.frkd_emu
     torch.empty_like = _poisoned(torch.empty_like)
     torch.Tensor.new_empty = _poisoned(torch.Tensor.new_empty)
     torch.manual_seed(0)
