@@ -19,11 +19,14 @@ import signal
 import sys
 import time
 
-BENCHMARK = dict(  # sized so that 3 seeds × 12 rows run in < 3 h on 2 CPU cores (docs/method.md)
-    num_classes=8, crop_size=[64, 64], train_length=1000, val_length=100, data_seed=0,
+BENCHMARK = dict(  # sized on tuning seeds so that 3 seeds × 12 rows run in < 3 h on 2 CPU cores (docs/method.md)
+    num_classes=4, crop_size=[64, 64], train_length=1000, val_length=100, data_seed=0,
     teacher_backbone="resnet50", teacher_width=16, teacher_iterations=800,
-    student_backbone="resnet18", width=8, iterations=300, batch_size=8, lr=0.02)
+    student_backbone="resnet18", width=8, iterations=200, batch_size=8, lr=0.02)
 QUICK = dict(BENCHMARK, teacher_iterations=150, iterations=40)
+# FRKD's relation weights for this benchmark, tuned on seeds 100 and 101 (docs/method.md); the loss defaults
+# (λ_intra = λ_inter = 20, CIRKD's scale for full-size students) swamp the task loss of a width-8 student.
+TUNED_FRKD_FLAGS = "--lambda-intra 0.5 --lambda-inter 0.5"
 ABLATIONS = {  # row name -> FRKD flags switching one part off
     "frkd-no-pseudo-filter": ["--no-pseudo-filter"],
     "frkd-no-fgbg": ["--no-fgbg"],
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ablations", action="store_true", help="leave out the FRKD ablation rows")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: short teacher and student schedules, one seed, no ablations")
-    p.add_argument("--frkd-flags", default="", help="extra loss flags for every frkd row, e.g. '--lambda-intra 5'")
+    p.add_argument("--frkd-flags", default=TUNED_FRKD_FLAGS,
+                   help="loss flags for every frkd row ('' for the loss defaults)")
     p.add_argument("--teacher-ckpt", default=None, help="use this teacher instead of training one")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
