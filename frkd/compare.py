@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoke run: short teacher and student schedules, one seed, no ablations")
     p.add_argument("--frkd-flags", default=TUNED_FRKD_FLAGS,
                    help="loss flags for every frkd row ('' for the loss defaults)")
+    p.add_argument("--baseline-flags", action="append", default=[], metavar="METHOD=FLAGS",
+                   help="loss flags for one baseline's row, e.g. ifvd='--lambda-intra 2' (repeatable)")
     p.add_argument("--teacher-ckpt", default=None, help="use this teacher instead of training one")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None,
@@ -70,14 +72,32 @@ def benchmark_config(args) -> dict:
         if getattr(args, name) is not None:
             config[name] = getattr(args, name)
     config["frkd_flags"] = shlex.split(args.frkd_flags)
+    if args.baseline_flags:  # absent otherwise, so out dirs of earlier versions stay resumable
+        config["baseline_flags"] = parse_baseline_flags(args.baseline_flags)
     config["teacher_ckpt"] = os.path.abspath(args.teacher_ckpt) if args.teacher_ckpt else None
     return config
 
 
-def table_rows(methods: list[str], ablations: bool, frkd_flags: list[str]) -> list[tuple[str, str, list[str]]]:
+def parse_baseline_flags(items: list[str]) -> dict[str, list[str]]:
+    """["ifvd=--lambda-intra 2", ...] -> {"ifvd": ["--lambda-intra", "2"]}; frkd has --frkd-flags."""
+    from .losses import LOSSES
+
+    flags = {}
+    for item in items:
+        method, sep, text = item.partition("=")
+        if not sep or method not in LOSSES or method in ("none", "frkd"):
+            raise SystemExit(f"--baseline-flags: expected METHOD=FLAGS with METHOD one of "
+                             f"{', '.join(m for m in LOSSES if m not in ('none', 'frkd'))}, got {item!r}")
+        flags[method] = shlex.split(text)
+    return flags
+
+
+def table_rows(methods: list[str], ablations: bool, frkd_flags: list[str],
+               baseline_flags: dict[str, list[str]] | None = None) -> list[tuple[str, str, list[str]]]:
     """(row name, method, loss flags) in table order: ``none`` first (when asked for), ablations after ``frkd``."""
     ordered = sorted(dict.fromkeys(methods), key=lambda m: m != "none")
-    rows = [(m, m, list(frkd_flags) if m == "frkd" else []) for m in ordered]
+    own = {**(baseline_flags or {}), "frkd": frkd_flags}
+    rows = [(m, m, list(own.get(m, []))) for m in ordered]
     if ablations and "frkd" in methods:
         rows += [(name, "frkd", list(frkd_flags) + flags) for name, flags in ABLATIONS.items()]
     return rows
@@ -300,7 +320,8 @@ def compare(args) -> int:
 
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     config = benchmark_config(args)
-    rows = table_rows(args.methods, not (args.no_ablations or args.quick), config["frkd_flags"])
+    rows = table_rows(args.methods, not (args.no_ablations or args.quick), config["frkd_flags"],
+                      config.get("baseline_flags"))
     os.makedirs(args.out_dir, exist_ok=True)
     check_config(args.out_dir, config)
     set_threads(args.threads)

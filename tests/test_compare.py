@@ -23,6 +23,15 @@ def test_rows_put_none_first_and_ablations_after_frkd():
     assert [n for n, _, _ in compare.table_rows(["kd"], ablations=True, frkd_flags=[])] == ["kd"]
 
 
+def test_baseline_flags_go_to_their_row_only():
+    flags = compare.parse_baseline_flags(["ifvd=--lambda-intra 2"])
+    rows = dict((name, f) for name, _, f in compare.table_rows(["none", "ifvd", "kd"], False, [], flags))
+    assert rows == {"none": [], "ifvd": ["--lambda-intra", "2"], "kd": []}
+    for bad in ("ifvd", "frkd=--tau 0.5", "nope=--x 1"):
+        with pytest.raises(SystemExit, match="--baseline-flags"):
+            compare.parse_baseline_flags([bad])
+
+
 def test_ablation_flags_are_accepted_by_the_trainer():
     from frkd.cli import parse_args
     from frkd.losses import loss_options
