@@ -11,13 +11,14 @@ import os
 MODELS = ("deeplabv3", "pspnet")
 BACKBONES = ("resnet18", "resnet50", "resnet101")
 
-# Synthetic: a CPU recipe (teacher + student ≈ 140 s of single-thread CPU time, < 5 min on 2 cores),
+# Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md: 4 classes, a width-16
+# ResNet-50 teacher, a width-8 ResNet-18 student; ≈ 2 min of single-thread CPU time),
 # on one intra-op thread: its tiny convolutions gain little from threads, and on a busy shared CPU
 # two spinning OpenMP threads cost ~50x the CPU time of one. Real datasets: CIRKD's recipes.
 DATASET_DEFAULTS = {
-    "synthetic": dict(crop_size=(64, 64), batch_size=8, max_iterations=500, teacher_iterations=800, lr=0.02,
-                      width=16, teacher_width=16, teacher_backbone="resnet50", val_per_iters=250,
-                      save_per_iters=250, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
+    "synthetic": dict(crop_size=(64, 64), batch_size=8, max_iterations=200, teacher_iterations=800, lr=0.02,
+                      width=8, teacher_width=16, teacher_backbone="resnet50", num_classes=4, val_per_iters=100,
+                      save_per_iters=100, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
                       threads=1),
     "cityscapes": dict(crop_size=(512, 1024), batch_size=16, max_iterations=40000, teacher_iterations=40000,
                        lr=0.02, width=64, teacher_width=64, teacher_backbone="resnet101", val_per_iters=4000,
@@ -41,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic", choices=sorted(DATASET_DEFAULTS))
     g.add_argument("--data-root", default=None, help="dataset folder (not needed for synthetic)")
+    g.add_argument("--num-classes", type=int, default=None,
+                   help="classes of the synthetic dataset (cityscapes: 19, voc: 21, fixed)")
     g.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None)
     g.add_argument("--workers", type=int, default=None, help="data loader worker processes per rank")
     g = p.add_argument_group("models")
@@ -91,6 +94,8 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.crop_size = tuple(args.crop_size)
     if args.dataset != "synthetic" and not args.data_root:
         raise SystemExit(f"--data-root is required for --dataset {args.dataset}")
+    if args.dataset != "synthetic" and args.num_classes is not None:
+        raise SystemExit(f"--num-classes applies to --dataset synthetic only ({args.dataset} has a fixed class list)")
     for name in ("batch_size", "max_iterations", "teacher_iterations", "val_per_iters", "save_per_iters",
                  "log_per_iters", "width", "teacher_width", "val_batch_size"):
         if getattr(args, name) < 1:

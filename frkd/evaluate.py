@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     crop = tuple(args.crop_size or train_args.get("crop_size") or (512, 512))
     env = init_distributed(args.device)
     try:
+        sizes = {"num_classes": config["num_classes"]} if dataset == "synthetic" else {}
         val_set = build_dataset(dataset, data_root, args.split, crop_size=crop, train=False,
-                                seed=train_args.get("seed", 0))
+                                seed=train_args.get("seed", 0), **sizes)
         if val_set.num_classes != config["num_classes"]:
             raise SystemExit(f"{args.checkpoint} predicts {config['num_classes']} classes, "
                              f"{dataset} has {val_set.num_classes}")

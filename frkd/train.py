@@ -126,10 +126,11 @@ def train(args, env: DistEnv) -> dict:
         os.makedirs(args.out_dir, exist_ok=True)
     barrier()
     log = MetricsLog(args.out_dir, enabled=env.is_main)
+    sizes = {"num_classes": args.num_classes} if args.num_classes is not None else {}
     train_set = build_dataset(args.dataset, args.data_root, "train", crop_size=args.crop_size, train=True,
-                              seed=args.seed)
+                              seed=args.seed, **sizes)
     val_set = build_dataset(args.dataset, args.data_root, "val", crop_size=args.crop_size, train=False,
-                            seed=args.seed)
+                            seed=args.seed, **sizes)
     num_classes = train_set.num_classes
     say(env, f"frkd.train: {args.dataset} ({len(train_set)} train / {len(val_set)} val images, {num_classes} "
              f"classes), method {args.method}, device {env.device}, world size {env.world_size}, out {args.out_dir}")

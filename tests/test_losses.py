@@ -368,6 +368,19 @@ def test_cli_unset_flags_take_the_method_defaults():
     assert loss.weights == {"alpha": 1.0, "beta": 0.25, "gamma": 1.0, "delta": 0.0}
 
 
+def test_cli_dataset_defaults_apply_under_the_flags():
+    def with_dataset(dataset, *argv):
+        args = parse(*argv)
+        args.dataset = dataset
+        return loss_options(args)
+
+    assert with_dataset("synthetic", "--method", "frkd") == {"lambda_intra": 0.5, "lambda_inter": 0.5}
+    assert with_dataset("synthetic", "--method", "frkd", "--lambda-intra", "3") == {"lambda_intra": 3.0,
+                                                                                    "lambda_inter": 0.5}
+    assert with_dataset("synthetic", "--method", "ifvd") == {}
+    assert with_dataset("cityscapes", "--method", "frkd") == {}
+
+
 def test_cli_flag_for_another_method_is_an_error():
     with pytest.raises(ValueError, match="--lambda-feat does not apply to --method kd"):
         loss_options(parse("--method", "kd", "--lambda-feat", "1"))
