@@ -1,10 +1,14 @@
 """The ``frkd::*`` op schemas: validation, backend routing, fake kernels and autograd.
 
-Each public op has one schema (DESIGN §2). Its CPU and CUDA kernels validate the inputs, pick a
-backend with ``_backend.resolve`` and call that backend's function. Backwards are ops of their
-own (``frkd::<op>_backward``) that take the name of the backend the forward used, so the backward
-runs there whatever thread the autograd engine uses. ``class_distance_maps`` is composite over
-``frkd::class_distance_maps_forward``, which also returns the arg-max class the backward needs.
+Each public op has one schema (DESIGN §2). ``teacher_entropy``'s CPU and CUDA kernels validate the
+inputs, pick a backend with ``_backend.resolve`` and call that backend's function. The three
+differentiable ops are ``CompositeImplicitAutograd`` over a private ``frkd::<op>_forward`` that does
+that work and also returns what the backward needs: the backend it ran on, as a 0-dim int8 CPU
+tensor (its index in ``_backend.BACKENDS``, made at run time, so a graph compiled under one
+``use_backend`` follows the one it runs under), and for ``class_distance_maps`` the arg-max class.
+Autograd is registered on the private forwards; backwards are ops of their own
+(``frkd::<op>_backward``) that take that backend tensor and run there, whatever thread the autograd
+engine uses and whether or not the graph was compiled.
 """
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 SCHEMAS = {
     "prototype_pool": "(Tensor feat, Tensor labels, int num_classes, int ignore_index=255) -> (Tensor protos, Tensor counts)",
-    "prototype_pool_backward": "(Tensor grad_protos, Tensor labels, Tensor counts, Tensor feat, int ignore_index, str backend) -> Tensor",
+    "prototype_pool_forward": "(Tensor feat, Tensor labels, int num_classes, int ignore_index=255) -> (Tensor protos, Tensor counts, Tensor backend)",
+    "prototype_pool_backward": "(Tensor grad_protos, Tensor labels, Tensor counts, Tensor feat, int ignore_index, Tensor backend) -> Tensor",
     "class_distance_maps": "(Tensor feat, Tensor labels, Tensor protos, Tensor counts, int ignore_index=255, float eps=1e-08) -> (Tensor intra, Tensor inter)",
-    "class_distance_maps_forward": "(Tensor feat, Tensor labels, Tensor protos, Tensor counts, int ignore_index=255, float eps=1e-08) -> (Tensor intra, Tensor inter, Tensor inter_class)",
-    "class_distance_maps_backward": "(Tensor grad_intra, Tensor grad_inter, Tensor feat, Tensor labels, Tensor protos, Tensor counts, Tensor inter_class, int ignore_index, float eps, bool need_feat, bool need_protos, str backend) -> (Tensor, Tensor)",
+    "class_distance_maps_forward": "(Tensor feat, Tensor labels, Tensor protos, Tensor counts, int ignore_index=255, float eps=1e-08) -> (Tensor intra, Tensor inter, Tensor inter_class, Tensor backend)",
+    "class_distance_maps_backward": "(Tensor grad_intra, Tensor grad_inter, Tensor feat, Tensor labels, Tensor protos, Tensor counts, Tensor inter_class, int ignore_index, float eps, bool need_feat, bool need_protos, Tensor backend) -> (Tensor, Tensor)",
     "masked_feature_mse": "(Tensor student, Tensor teacher, Tensor weight) -> Tensor",
-    "masked_feature_mse_backward": "(Tensor grad_loss, Tensor student, Tensor teacher, Tensor weight, bool need_student, bool need_teacher, str backend) -> (Tensor, Tensor)",
+    "masked_feature_mse_forward": "(Tensor student, Tensor teacher, Tensor weight) -> (Tensor loss, Tensor backend)",
+    "masked_feature_mse_backward": "(Tensor grad_loss, Tensor student, Tensor teacher, Tensor weight, bool need_student, bool need_teacher, Tensor backend) -> (Tensor, Tensor)",
     "teacher_entropy": "(Tensor logits, float temperature=1.0) -> (Tensor entropy, Tensor pred)",
 }
 for _name, _schema in SCHEMAS.items():
@@ -120,64 +126,90 @@ def check_teacher_entropy(logits, temperature):
 
 # --- routed kernels (CPU and CUDA keys) -------------------------------------------------------
 
-def _impl(name: str, backend: str, device: torch.device):
-    if not backend:
-        backend = _backend.resolve(device, name)
-    return _backend.implementation(backend, name)
+def _resolved(name: str, device: torch.device):
+    """The function ``name`` of the backend that serves ``device`` now, and that backend as a
+    0-dim int8 CPU tensor (its index in ``_backend.BACKENDS``) for the backward."""
+    backend = _backend.resolve(device, name)
+    return _backend.implementation(backend, name), torch.tensor(_backend.BACKENDS.index(backend), dtype=torch.int8)
+
+
+def _recorded(name: str, backend: torch.Tensor):
+    """The function ``name`` of the backend a forward recorded in ``backend`` (0-dim int8)."""
+    return _backend.implementation(_backend.BACKENDS[int(backend)], name)
 
 
 def _register(name, fn):
     torch.library.impl(f"frkd::{name}", ("CPU", "CUDA"), fn)
 
 
-def _prototype_pool(feat, labels, num_classes, ignore_index=255):
+def _prototype_pool_forward(feat, labels, num_classes, ignore_index=255):
     check_prototype_pool(feat, labels, num_classes, ignore_index)
-    return _impl("prototype_pool", "", feat.device)(feat, labels, num_classes, ignore_index)
+    pool, backend = _resolved("prototype_pool", feat.device)
+    protos, counts = pool(feat, labels, num_classes, ignore_index)
+    return protos, counts, backend
 
 
 def _prototype_pool_backward(grad_protos, labels, counts, feat, ignore_index, backend):
-    return _impl("prototype_pool_backward", backend, feat.device)(grad_protos, labels, counts, feat, ignore_index)
+    return _recorded("prototype_pool_backward", backend)(grad_protos, labels, counts, feat, ignore_index)
 
 
 def _class_distance_maps_forward(feat, labels, protos, counts, ignore_index=255, eps=1e-8):
     check_class_distance_maps(feat, labels, protos, counts, ignore_index, eps)
-    return _impl("class_distance_maps", "", feat.device)(feat, labels, protos, counts, ignore_index, eps)
+    maps, backend = _resolved("class_distance_maps", feat.device)
+    intra, inter, inter_class = maps(feat, labels, protos, counts, ignore_index, eps)
+    return intra, inter, inter_class, backend
 
 
 def _class_distance_maps_backward(grad_intra, grad_inter, feat, labels, protos, counts, inter_class,
                                   ignore_index, eps, need_feat, need_protos, backend):
-    return _impl("class_distance_maps_backward", backend, feat.device)(
+    return _recorded("class_distance_maps_backward", backend)(
         grad_intra, grad_inter, feat, labels, protos, counts, inter_class, ignore_index, eps, need_feat, need_protos)
 
 
-def _masked_feature_mse(student, teacher, weight):
+def _masked_feature_mse_forward(student, teacher, weight):
     check_masked_feature_mse(student, teacher, weight)
-    return _impl("masked_feature_mse", "", student.device)(student, teacher, weight)
+    mse, backend = _resolved("masked_feature_mse", student.device)
+    return mse(student, teacher, weight), backend
 
 
 def _masked_feature_mse_backward(grad_loss, student, teacher, weight, need_student, need_teacher, backend):
-    return _impl("masked_feature_mse_backward", backend, student.device)(
+    return _recorded("masked_feature_mse_backward", backend)(
         grad_loss, student, teacher, weight, need_student, need_teacher)
 
 
 def _teacher_entropy(logits, temperature=1.0):
     check_teacher_entropy(logits, temperature)
-    return _impl("teacher_entropy", "", logits.device)(logits, temperature)
+    return _backend.implementation(_backend.resolve(logits.device, "teacher_entropy"), "teacher_entropy")(
+        logits, temperature)
 
 
-_register("prototype_pool", _prototype_pool)
+_register("prototype_pool_forward", _prototype_pool_forward)
 _register("prototype_pool_backward", _prototype_pool_backward)
 _register("class_distance_maps_forward", _class_distance_maps_forward)
 _register("class_distance_maps_backward", _class_distance_maps_backward)
-_register("masked_feature_mse", _masked_feature_mse)
+_register("masked_feature_mse_forward", _masked_feature_mse_forward)
 _register("masked_feature_mse_backward", _masked_feature_mse_backward)
 _register("teacher_entropy", _teacher_entropy)
 
 
+# --- public differentiable ops: the private forward without its extra outputs -----------------
+
+@torch.library.impl("frkd::prototype_pool", "CompositeImplicitAutograd")
+def _prototype_pool(feat, labels, num_classes, ignore_index=255):
+    protos, counts, _ = torch.ops.frkd.prototype_pool_forward(feat, labels, num_classes, ignore_index)
+    return protos, counts
+
+
 @torch.library.impl("frkd::class_distance_maps", "CompositeImplicitAutograd")
 def _class_distance_maps(feat, labels, protos, counts, ignore_index=255, eps=1e-8):
-    intra, inter, _ = torch.ops.frkd.class_distance_maps_forward(feat, labels, protos, counts, ignore_index, eps)
+    intra, inter, _, _ = torch.ops.frkd.class_distance_maps_forward(feat, labels, protos, counts, ignore_index, eps)
     return intra, inter
+
+
+@torch.library.impl("frkd::masked_feature_mse", "CompositeImplicitAutograd")
+def _masked_feature_mse(student, teacher, weight):
+    loss, _ = torch.ops.frkd.masked_feature_mse_forward(student, teacher, weight)
+    return loss
 
 
 # --- fake kernels -----------------------------------------------------------------------------
@@ -190,12 +222,18 @@ def _empty_or_like(t, needed):
     return torch.empty_like(t) if needed else t.new_empty(0)
 
 
-@torch.library.register_fake("frkd::prototype_pool")
+def _fake_backend():
+    """The fake of the backend tensor the real forwards return: 0-dim int8 on the CPU."""
+    return torch.empty((), dtype=torch.int8, device="cpu")
+
+
+@torch.library.register_fake("frkd::prototype_pool_forward")
 def _(feat, labels, num_classes, ignore_index=255):
     check_prototype_pool(feat, labels, num_classes, ignore_index)
     dt = _stat_dtype(feat)
     B, C = feat.shape[:2]
-    return feat.new_empty(B, num_classes, C, dtype=dt), feat.new_empty(B, num_classes, dtype=dt)
+    return (feat.new_empty(B, num_classes, C, dtype=dt), feat.new_empty(B, num_classes, dtype=dt),
+            _fake_backend())
 
 
 @torch.library.register_fake("frkd::prototype_pool_backward")
@@ -209,7 +247,7 @@ def _(feat, labels, protos, counts, ignore_index=255, eps=1e-8):
     dt = _stat_dtype(feat, protos)
     B, _, H, W = feat.shape
     return (feat.new_empty(B, H, W, dtype=dt), feat.new_empty(B, H, W, dtype=dt),
-            feat.new_empty(B, H, W, dtype=torch.int32))
+            feat.new_empty(B, H, W, dtype=torch.int32), _fake_backend())
 
 
 @torch.library.register_fake("frkd::class_distance_maps_backward")
@@ -218,10 +256,10 @@ def _(grad_intra, grad_inter, feat, labels, protos, counts, inter_class, ignore_
     return _empty_or_like(feat, need_feat), _empty_or_like(protos, need_protos)
 
 
-@torch.library.register_fake("frkd::masked_feature_mse")
+@torch.library.register_fake("frkd::masked_feature_mse_forward")
 def _(student, teacher, weight):
     check_masked_feature_mse(student, teacher, weight)
-    return student.new_empty((), dtype=_stat_dtype(student, teacher, weight))
+    return student.new_empty((), dtype=_stat_dtype(student, teacher, weight)), _fake_backend()
 
 
 @torch.library.register_fake("frkd::masked_feature_mse_backward")
@@ -236,61 +274,57 @@ def _(logits, temperature=1.0):
     return logits.new_empty(B, H, W, dtype=_stat_dtype(logits)), logits.new_empty(B, H, W, dtype=torch.int64)
 
 
-# --- autograd -----------------------------------------------------------------------------------
-
-def _forward_backend(op, device):
-    return _backend.resolve(device, op)
-
+# --- autograd (on the private forwards; the backend tensor goes to the backward op) -------------
 
 def _setup_prototype_pool(ctx, inputs, output):
     feat, labels, _, ignore_index = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(labels, output[1], feat)
+    _, counts, backend = output
+    ctx.mark_non_differentiable(counts, backend)
+    ctx.save_for_backward(labels, counts, feat, backend)
     ctx.ignore_index = ignore_index
-    ctx.backend = _forward_backend("prototype_pool", feat.device)
 
 
-def _backward_prototype_pool(ctx, grad_protos, grad_counts):
-    labels, counts, feat = ctx.saved_tensors
+def _backward_prototype_pool(ctx, grad_protos, grad_counts, grad_backend):
+    labels, counts, feat, backend = ctx.saved_tensors
     grad_feat = None
     if ctx.needs_input_grad[0]:
         grad_feat = torch.ops.frkd.prototype_pool_backward(
-            grad_protos.contiguous(), labels, counts, feat, ctx.ignore_index, ctx.backend)
+            grad_protos.contiguous(), labels, counts, feat, ctx.ignore_index, backend)
     return grad_feat, None, None, None
 
 
 def _setup_class_distance_maps(ctx, inputs, output):
     feat, labels, protos, counts, ignore_index, eps = inputs
-    ctx.mark_non_differentiable(output[2])
-    ctx.save_for_backward(feat, labels, protos, counts, output[2])
+    _, _, inter_class, backend = output
+    ctx.mark_non_differentiable(inter_class, backend)
+    ctx.save_for_backward(feat, labels, protos, counts, inter_class, backend)
     ctx.ignore_index, ctx.eps = ignore_index, eps
-    ctx.backend = _forward_backend("class_distance_maps", feat.device)
 
 
-def _backward_class_distance_maps(ctx, grad_intra, grad_inter, grad_class):
-    feat, labels, protos, counts, inter_class = ctx.saved_tensors
+def _backward_class_distance_maps(ctx, grad_intra, grad_inter, grad_class, grad_backend):
+    feat, labels, protos, counts, inter_class, backend = ctx.saved_tensors
     need_feat, need_protos = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
     if not (need_feat or need_protos):
         return None, None, None, None, None, None
     grad_feat, grad_protos = torch.ops.frkd.class_distance_maps_backward(
         grad_intra.contiguous(), grad_inter.contiguous(), feat, labels, protos, counts, inter_class,
-        ctx.ignore_index, ctx.eps, need_feat, need_protos, ctx.backend)
+        ctx.ignore_index, ctx.eps, need_feat, need_protos, backend)
     return (grad_feat if need_feat else None, None, grad_protos if need_protos else None, None, None, None)
 
 
 def _setup_masked_feature_mse(ctx, inputs, output):
     student, teacher, weight = inputs
-    ctx.save_for_backward(student, teacher, weight)
-    ctx.backend = _forward_backend("masked_feature_mse", student.device)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(student, teacher, weight, output[1])
 
 
-def _backward_masked_feature_mse(ctx, grad_loss):
-    student, teacher, weight = ctx.saved_tensors
+def _backward_masked_feature_mse(ctx, grad_loss, grad_backend):
+    student, teacher, weight, backend = ctx.saved_tensors
     need_student, need_teacher = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if not (need_student or need_teacher):
         return None, None, None
     grad_student, grad_teacher = torch.ops.frkd.masked_feature_mse_backward(
-        grad_loss, student, teacher, weight, need_student, need_teacher, ctx.backend)
+        grad_loss, student, teacher, weight, need_student, need_teacher, backend)
     return grad_student if need_student else None, grad_teacher if need_teacher else None, None
 
 
@@ -312,10 +346,11 @@ def _no_double_backward(op):
     torch.library.register_autograd(f"frkd::{op}", backward, setup_context=setup)
 
 
-torch.library.register_autograd("frkd::prototype_pool", _backward_prototype_pool, setup_context=_setup_prototype_pool)
+torch.library.register_autograd("frkd::prototype_pool_forward", _backward_prototype_pool,
+                                setup_context=_setup_prototype_pool)
 torch.library.register_autograd("frkd::class_distance_maps_forward", _backward_class_distance_maps,
                                 setup_context=_setup_class_distance_maps)
-torch.library.register_autograd("frkd::masked_feature_mse", _backward_masked_feature_mse,
+torch.library.register_autograd("frkd::masked_feature_mse_forward", _backward_masked_feature_mse,
                                 setup_context=_setup_masked_feature_mse)
 torch.library.register_autograd("frkd::teacher_entropy", _backward_teacher_entropy, setup_context=_setup_teacher_entropy)
 for _op in ("prototype_pool_backward", "class_distance_maps_backward", "masked_feature_mse_backward"):

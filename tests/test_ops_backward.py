@@ -225,18 +225,18 @@ def test_backward_ops_return_input_dtype_and_layout(backend_device, dtype, layou
     maps = torch.randn(3, SHAPE[0], *SHAPE[2:], generator=gen).to(device)
     ops = torch.ops.frkd
     with frkd_kernels.use_backend(backend):
+        _, _, inter_class, recorded = ops.class_distance_maps_forward(feat, labels, protos, counts)
         grad_feat = ops.prototype_pool_backward(torch.randn(SHAPE[0], K, SHAPE[1], device=device), labels, counts, feat,
-                                                255, backend)
+                                                255, recorded)
         _assert_like(grad_feat, feat, "prototype_pool_backward")
-        _, _, inter_class = ops.class_distance_maps_forward(feat, labels, protos, counts)
         assert inter_class.dtype == torch.int32, f"inter_class: expected int32, got {inter_class.dtype}"
         grad_feat, grad_protos = ops.class_distance_maps_backward(
-            maps[0], maps[1], feat, labels, protos, counts, inter_class, 255, 1e-8, True, True, backend)
+            maps[0], maps[1], feat, labels, protos, counts, inter_class, 255, 1e-8, True, True, recorded)
         _assert_like(grad_feat, feat, "class_distance_maps_backward feat")
         _assert_like(grad_protos, protos, "class_distance_maps_backward protos")
         teacher = with_layout(random_feat(gen, *SHAPE).to(device), layout)  # float32 teacher
         grad_s, grad_t = ops.masked_feature_mse_backward(torch.tensor(1.5, device=device), feat, teacher, maps[2],
-                                                         True, True, backend)
+                                                         True, True, recorded)
         _assert_like(grad_s, feat, "masked_feature_mse_backward student")
         _assert_like(grad_t, teacher, "masked_feature_mse_backward teacher")
 

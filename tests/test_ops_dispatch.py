@@ -159,17 +159,18 @@ def test_backward_runs_on_the_forward_backend(spies, inputs, op, monkeypatch):
     assert _ran(spies, f"{op}_backward") == ["triton"]
 
 
-@pytest.mark.xfail(strict=True, reason="ops.py resolves the backward's backend while tracing, so a compiled "
-                   "graph keeps the trace-time backend for its backward (reported; remove this mark once fixed)")
-def test_compiled_backward_runs_on_the_forward_backend(spies, inputs):
-    compiled = torch.compile(lambda f, y: frkd_kernels.prototype_pool(f, y, K)[0].sum(), fullgraph=True,
-                             backend="aot_eager")
+@pytest.mark.parametrize("compiler", ("aot_eager", "inductor"))
+@pytest.mark.parametrize("op", ("prototype_pool", "class_distance_maps", "masked_feature_mse"))
+def test_compiled_backward_runs_on_the_forward_backend(spies, inputs, op, compiler):
+    """Compiled under one ``use_backend`` and run under another: forward and backward follow the run."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda f, y: _loss(op, (f, y)), fullgraph=True, backend=compiler)
     with frkd_kernels.use_backend("triton"):
         compiled(*inputs).backward()
     with frkd_kernels.use_backend("cpu"):
         compiled(*inputs).backward()
-    assert _ran(spies) == ["triton", "cpu"]
-    assert _ran(spies, "prototype_pool_backward") == ["triton", "cpu"]
+    assert _ran(spies, op) == ["triton", "cpu"]
+    assert _ran(spies, f"{op}_backward") == ["triton", "cpu"]
 
 
 # --- the real backends ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Registration of the ``frkd::*`` ops: schemas, ``torch.library.opcheck`` on every backend (public and
-backward ops, contiguous and permuted inputs), ``torch.compile(fullgraph=True)`` forward and backward,
+"""Registration of the ``frkd::*`` ops: schemas, ``torch.library.opcheck`` on every backend (public,
+private forward and backward ops, contiguous and permuted inputs), ``torch.compile(fullgraph=True)`` forward and backward,
 and the NaN poisoning of frkd allocations that the other op tests rely on.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ DESIGN_SCHEMAS = {  # DESIGN §2, verbatim
     "teacher_entropy": "(Tensor logits, float temperature=1.0) -> (Tensor entropy, Tensor pred)",
 }
 BACKWARD_OPS = ("prototype_pool_backward", "class_distance_maps_backward", "masked_feature_mse_backward")
+FORWARD_OPS = ("prototype_pool_forward", "class_distance_maps_forward", "masked_feature_mse_forward")
 K = 3
 
 
@@ -28,10 +29,21 @@ def test_public_schema_is_the_design_one(name):
     assert str(getattr(torch.ops.frkd, name).default._schema) == str(expected)
 
 
-@pytest.mark.parametrize("name", BACKWARD_OPS + ("class_distance_maps_forward",))
-def test_backward_and_helper_ops_are_registered(name):
+@pytest.mark.parametrize("name", FORWARD_OPS + BACKWARD_OPS)
+def test_private_forward_and_backward_ops_are_registered(name):
     schema = getattr(torch.ops.frkd, name).default._schema
     assert schema.name == f"frkd::{name}"
+
+
+@pytest.mark.parametrize("name", FORWARD_OPS)
+def test_private_forward_returns_the_backend_it_ran_on(name, backend_device):
+    backend, device = backend_device
+    calls = _op_calls(backend, device, permuted=False)
+    op, args = calls[name]
+    with frkd_kernels.use_backend(backend):
+        recorded = op(*args)[-1]
+    assert recorded.device.type == "cpu" and recorded.dtype == torch.int8 and recorded.dim() == 0, recorded
+    assert frkd_kernels.BACKENDS[int(recorded)] == backend
 
 
 def _op_calls(backend: str, device: str, permuted: bool):
@@ -47,7 +59,7 @@ def _op_calls(backend: str, device: str, permuted: bool):
     ops = torch.ops.frkd
     with torch.no_grad(), frkd_kernels.use_backend(backend):
         protos, counts = ops.prototype_pool(feat, labels, K)
-        _, _, inter_class = ops.class_distance_maps_forward(feat, labels, protos, counts)
+        _, _, inter_class, recorded = ops.class_distance_maps_forward(feat, labels, protos, counts)
     protos = with_layout(protos, layout).requires_grad_()
     maps = torch.randn(2, B, H, W, generator=gen).to(device)
     grad_protos = torch.randn(B, K, C, generator=gen).to(device)
@@ -55,20 +67,22 @@ def _op_calls(backend: str, device: str, permuted: bool):
         "prototype_pool": (ops.prototype_pool, (feat, labels, K, 255)),
         "class_distance_maps": (ops.class_distance_maps, (feat, labels, protos, counts, 255, 1e-8)),
         "class_distance_maps_forward": (ops.class_distance_maps_forward, (feat, labels, protos, counts, 255, 1e-8)),
+        "prototype_pool_forward": (ops.prototype_pool_forward, (feat, labels, K, 255)),
         "masked_feature_mse": (ops.masked_feature_mse, (feat, teacher, weight)),
+        "masked_feature_mse_forward": (ops.masked_feature_mse_forward, (feat, teacher, weight)),
         "teacher_entropy": (ops.teacher_entropy, (logits, 2.0)),
         "prototype_pool_backward": (ops.prototype_pool_backward,
-                                    (grad_protos, labels, counts, feat.detach(), 255, backend)),
+                                    (grad_protos, labels, counts, feat.detach(), 255, recorded)),
         "class_distance_maps_backward": (ops.class_distance_maps_backward,
                                          (maps[0], maps[1], feat.detach(), labels, protos.detach(), counts,
-                                          inter_class, 255, 1e-8, True, True, backend)),
+                                          inter_class, 255, 1e-8, True, True, recorded)),
         "masked_feature_mse_backward": (ops.masked_feature_mse_backward,
                                         (torch.tensor(0.5, device=device), feat.detach(), teacher, weight,
-                                         True, False, backend)),
+                                         True, False, recorded)),
     }
 
 
-OP_NAMES = tuple(DESIGN_SCHEMAS) + ("class_distance_maps_forward",) + BACKWARD_OPS
+OP_NAMES = tuple(DESIGN_SCHEMAS) + FORWARD_OPS + BACKWARD_OPS
 
 
 @pytest.mark.parametrize("permuted", (False, True), ids=("contiguous", "permuted"))
