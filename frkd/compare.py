@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: short teacher and student schedules, one seed, no ablations")
     p.add_argument("--frkd-flags", default=TUNED_FRKD_FLAGS,
-                   help="loss flags for every frkd row ('' for the loss defaults)")
+                   help="loss flags for every frkd row ('' for frkd.train's defaults on synthetic)")
     p.add_argument("--baseline-flags", action="append", default=[], metavar="METHOD=FLAGS",
                    help="loss flags for one baseline's row, e.g. ifvd='--lambda-intra 2' (repeatable)")
     p.add_argument("--teacher-ckpt", default=None, help="use this teacher instead of training one")
