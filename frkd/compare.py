@@ -160,11 +160,8 @@ def train_student(job: dict) -> dict:
 
     from .cli import parse_args
     from .distributed import init_distributed
-    from .engine import Trainer
-    from .losses import build_loss, loss_options
-    from .models import build_model
     from .run_log import MetricsLog
-    from .train import load_teacher, model_config, resume_path, run_phase, seed_everything
+    from .train import load_teacher, model_config, resume_path, run_phase, student_trainer
 
     args = parse_args(job["argv"])
     env = init_distributed(args.device)
@@ -179,16 +176,7 @@ def train_student(job: dict) -> dict:
         torch.cuda.reset_peak_memory_stats(env.device)
     rss_before = proc_status_mb("VmRSS")
     started = time.time()
-    seed_everything(args.seed)
-    student = build_model(args.student_model, args.student_backbone, num_classes, width=args.width)
-    distill = None
-    if teacher is not None:
-        distill = build_loss(args.method, num_classes=num_classes, student_channels=student.feat_channels,
-                             teacher_channels=teacher.feat_channels, ignore_index=255, **loss_options(args))
-    trainer = Trainer(phase="student", model=student, teacher=teacher, distill=distill, train_set=train_set,
-                      val_set=val_set, num_classes=num_classes, max_iterations=args.max_iterations, args=args,
-                      env=env, out_dir=args.out_dir, log=MetricsLog(args.out_dir),
-                      model_config=model_config(args.student_model, args.student_backbone, num_classes, args.width))
+    trainer = student_trainer(args, env, train_set, val_set, num_classes, teacher, MetricsLog(args.out_dir))
     result = run_phase(trainer, env, resume_path(args, args.out_dir))
     if cuda:
         peak, kind = torch.cuda.max_memory_allocated(env.device) / 2**20, "cuda_max_allocated"

@@ -111,11 +111,26 @@ def obtain_teacher(args, env: DistEnv, train_set, val_set, num_classes: int, log
     return teacher, expected, result["miou"], result["per_class_iou"]
 
 
+def student_trainer(args, env: DistEnv, train_set, val_set, num_classes: int, teacher, log: MetricsLog) -> Trainer:
+    """The student phase: a freshly seeded student and its distillation loss against ``teacher``
+    (no distillation when ``teacher`` is None)."""
+    from .losses import build_loss, loss_options
+
+    seed_everything(args.seed)
+    config = model_config(args.student_model, args.student_backbone, num_classes, args.width)
+    student = build_from_config(config, pretrained=args.student_pretrained)
+    distill = None
+    if teacher is not None:
+        distill = build_loss(args.method, num_classes=num_classes, student_channels=student.feat_channels,
+                             teacher_channels=teacher.feat_channels, ignore_index=255, **loss_options(args))
+    return Trainer(phase="student", model=student, teacher=teacher, distill=distill, train_set=train_set,
+                   val_set=val_set, num_classes=num_classes, max_iterations=args.max_iterations, args=args,
+                   env=env, out_dir=args.out_dir, log=log, model_config=config)
+
+
 def train(args, env: DistEnv) -> dict:
     """Both phases; returns the summary (also written to <out-dir>/summary.json by rank 0)."""
     from .data import build_dataset
-    from .losses import build_loss, loss_options
-    from .models import build_model
 
     started = time.time()
     if args.batch_size % env.world_size:
@@ -141,17 +156,7 @@ def train(args, env: DistEnv) -> dict:
     if args.method != "none":
         teacher, teacher_config, teacher_miou, teacher_per_class = obtain_teacher(
             args, env, train_set, val_set, num_classes, log)
-    seed_everything(args.seed)
-    student_config = model_config(args.student_model, args.student_backbone, num_classes, args.width)
-    student = build_model(args.student_model, args.student_backbone, num_classes, width=args.width,
-                          pretrained=args.student_pretrained)
-    distill = None
-    if teacher is not None:
-        distill = build_loss(args.method, num_classes=num_classes, student_channels=student.feat_channels,
-                             teacher_channels=teacher.feat_channels, ignore_index=255, **loss_options(args))
-    trainer = Trainer(phase="student", model=student, teacher=teacher, distill=distill, train_set=train_set,
-                      val_set=val_set, num_classes=num_classes, max_iterations=args.max_iterations, args=args,
-                      env=env, out_dir=args.out_dir, log=log, model_config=student_config)
+    trainer = student_trainer(args, env, train_set, val_set, num_classes, teacher, log)
     resume = resume_path(args, args.out_dir)
     if args.resume == "auto" and resume is None:
         say(env, f"--resume auto: no {os.path.join(args.out_dir, 'last.pt')} yet, starting the student from scratch")
@@ -160,7 +165,7 @@ def train(args, env: DistEnv) -> dict:
         "teacher_miou": teacher_miou, "teacher_per_class_iou": teacher_per_class, "teacher": teacher_config,
         "student_miou": result["miou"], "student_pixel_acc": result["pixel_acc"],
         "student_per_class_iou": result["per_class_iou"], "student_best_miou": trainer.best_miou,
-        "student": student_config, "class_names": list(getattr(train_set, "class_names", [])),
+        "student": trainer.model_config, "class_names": list(getattr(train_set, "class_names", [])),
         "wall_time_s": time.time() - started, "world_size": env.world_size, "args": vars(args),
     }
     if env.is_main:
