@@ -7,6 +7,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 # Read once: triton.jit picks the interpreter when the kernels are defined, i.e. at import time.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -81,3 +82,12 @@ def copy_back(out: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
     if buffer is not out:
         out.copy_(buffer)
     return out
+
+
+@triton.jit
+def load_classes(labels_ptr, b, offs_p, mask_p, stride_lb, stride_lp, K, ignore_index):
+    """(class index int64, valid) of the pixels offs_p of image b; a label outside [0, K) or equal
+    to ignore_index is not valid (compared in int64, so no label wraps into range)."""
+    y = tl.load(labels_ptr + b * stride_lb + offs_p * stride_lp, mask=mask_p, other=0).to(tl.int64)
+    return y, mask_p & (y >= 0) & (y < K) & (y != ignore_index)
+

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, block, check_dtypes, copy_back, on_device, output_view, pixel_view
+from ._common import INTERPRET, block, check_dtypes, copy_back, load_classes, on_device, output_view, pixel_view
 from .class_sum import class_sums
 
 # Tiles sized so that sm_90 needs no register spills (checked with ptxas at B=8, C=256, N=8192, K=19)
@@ -44,8 +44,7 @@ def _cdm_forward_kernel(
     b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < N
-    y = tl.load(labels_ptr + b * stride_lb + offs_p * stride_lp, mask=mask_p, other=0).to(tl.int64)
-    valid = mask_p & (y >= 0) & (y < K) & (y != ignore_index)
+    y, valid = load_classes(labels_ptr, b, offs_p, mask_p, stride_lb, stride_lp, K, ignore_index)
     own_class = tl.where(valid, y, -1).to(tl.int32)
     own = tl.zeros([BLOCK_P], tl.float32)
     best = tl.full([BLOCK_P], float("-inf"), tl.float32)
@@ -111,8 +110,7 @@ def _cdm_backward_pixel_kernel(
     b = tl.program_id(1).to(tl.int64)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < N
-    y = tl.load(labels_ptr + b * stride_lb + offs_p * stride_lp, mask=mask_p, other=0).to(tl.int64)
-    valid = mask_p & (y >= 0) & (y < K) & (y != ignore_index)
+    y, valid = load_classes(labels_ptr, b, offs_p, mask_p, stride_lb, stride_lp, K, ignore_index)
     own_class = tl.where(valid, y, 0)
     arg = tl.load(inter_class_ptr + b * stride_ab + offs_p * stride_ap, mask=mask_p, other=-1)
     has_inter = mask_p & (arg >= 0) & (arg < K)

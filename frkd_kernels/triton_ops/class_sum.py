@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import HALF_DTYPES, INTERPRET, block, target_programs
+from ._common import HALF_DTYPES, INTERPRET, block, load_classes, target_programs
 
 BLOCK_P = 64
 MAX_BLOCK_C = 64
@@ -50,8 +50,7 @@ def _class_sum_kernel(
     for p0 in range(p_start, p_end, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < p_end
-        y = tl.load(labels_ptr + b * stride_lb + offs_p * stride_lp, mask=mask_p, other=0).to(tl.int64)
-        valid = mask_p & (y >= 0) & (y < K) & (y != ignore_index)
+        y, valid = load_classes(labels_ptr, b, offs_p, mask_p, stride_lb, stride_lp, K, ignore_index)
         is_label = (y[None, :] == offs_k[:, None]) & valid[None, :]           # BLOCK_K×BLOCK_P
         if WEIGHTED:
             second = tl.load(second_ptr + b * N + offs_p, mask=mask_p, other=-1)

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import block, check_dtypes, copy_back, on_device, output_view, pixel_view
+from ._common import block, check_dtypes, copy_back, load_classes, on_device, output_view, pixel_view
 from .class_sum import class_sums
 
 MAX_FINALIZE_BLOCK_C = 256
@@ -60,8 +60,7 @@ def _prototype_gather_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_p = offs_p < N
     mask_c = offs_c < C
-    y = tl.load(labels_ptr + b * stride_lb + offs_p * stride_lp, mask=mask_p, other=0).to(tl.int64)
-    valid = mask_p & (y >= 0) & (y < K) & (y != ignore_index)
+    y, valid = load_classes(labels_ptr, b, offs_p, mask_p, stride_lb, stride_lp, K, ignore_index)
     cls = tl.where(valid, y, 0)
     count = tl.load(counts_ptr + b * stride_nb + cls * stride_nk, mask=valid, other=1.0).to(tl.float32)
     g = tl.load(grad_protos_ptr + b * stride_gb + cls[:, None] * stride_gk + offs_c[None, :] * stride_gc,
