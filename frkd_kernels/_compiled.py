@@ -40,6 +40,7 @@ class CompiledOps:
         self.name, self.prefix, self.dispatch_key = name, prefix, dispatch_key
         self.deterministic_flag = deterministic_flag
         self.library = None  # the op namespace; None means torch.ops.frkd (an emulation may swap it)
+        self._status: tuple[bool, str] | None = None  # fixed once the extension has loaded
 
     def _op(self, name: str):
         return getattr(self.library or torch.ops.frkd, self.prefix + name)
@@ -48,6 +49,12 @@ class CompiledOps:
         return (torch.are_deterministic_algorithms_enabled(),) if self.deterministic_flag else ()
 
     def status(self) -> tuple[bool, str]:
+        """(live, reason), computed on the first call: every op call resolves its backend through it."""
+        if self._status is None:
+            self._status = self._compute_status()
+        return self._status
+
+    def _compute_status(self) -> tuple[bool, str]:
         if not _extension.loaded():
             return False, _extension.reason()
         if not hasattr(torch.ops.frkd, self.prefix + OP_NAMES[0]):
