@@ -1,9 +1,10 @@
 """Build frkd_kernels and its C++ extension ``frkd_kernels._C``.
 
-CPU kernels (csrc/*.cpp, csrc/cpu/*.cpp) are always built. CUDA kernels (csrc/cuda/*.cu and
-csrc/cuda/*.cpp) are added when PyTorch is a CUDA build and nvcc is found, unless
+CPU kernels (csrc/cpu/*.cpp, compiled as one translation unit: csrc/frkd_ext.cpp) are always
+built. CUDA kernels (csrc/cuda/*.cu and csrc/cuda/*.cpp) are added when PyTorch is a CUDA build and nvcc is found, unless
 FRKD_SKIP_CUDA_BUILD=1; FRKD_FORCE_CUDA=1 builds them without a visible GPU. TORCH_CUDA_ARCH_LIST
-picks the architectures; DEBUG=1 builds with -O0 -g. Install with a pinned torch first:
+picks the architectures; DEBUG=1 builds with -O0 -g. ninja compiles MAX_JOBS files at once (default:
+the number of CPUs). Install with a pinned torch first:
     pip install torch==2.13.0 && pip install --no-build-isolation -e .
 """
 import glob
@@ -15,6 +16,7 @@ import torch
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
 
 
 def _flag(name: str) -> bool:
@@ -27,7 +29,7 @@ def _sources(pattern: str) -> list[str]:
 
 def extensions():
     debug = _flag("DEBUG")
-    cpu_sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    cpu_sources = _sources("csrc/frkd_ext.cpp")
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     cuda_build = torch.version.cuda is not None and CUDA_HOME is not None
     use_cuda = bool(cuda_sources) and not _flag("FRKD_SKIP_CUDA_BUILD") and (cuda_build or _flag("FRKD_FORCE_CUDA"))
@@ -39,7 +41,7 @@ def extensions():
         why = f"torch {torch.__version__} is not a CUDA build" if torch.version.cuda is None else "nvcc not found"
     else:
         why = f"arch list {os.environ.get('TORCH_CUDA_ARCH_LIST', 'torch default')}"
-    print(f"frkd setup: C++ CPU sources: {len(cpu_sources)}; CUDA: {'on' if use_cuda else 'off'} ({why}); "
+    print(f"frkd setup: C++ CPU translation units: {len(cpu_sources)}; CUDA: {'on' if use_cuda else 'off'} ({why}); "
           f"debug: {debug}; torch {torch.__version__}")
     if not cpu_sources:
         return []

@@ -1,13 +1,13 @@
-"""Backend selection for every frkd op (DESIGN §1).
+"""The dispatch rule of every frkd op, and the ``Backend`` protocol (docs/ops.md).
 
 One rule for ``torch.ops.frkd.*`` and the functional API alike:
 ``use_backend(name)`` (innermost wins) > env ``FRKD_BACKEND`` > default
 (CUDA tensors: triton > cuda > torch; CPU tensors: cpu > torch).
 A forced backend that cannot serve a call raises; nothing falls back silently.
 
-Each backend is a module exposing the same functions (see ``reference.py`` for the
-signatures) plus ``serves(device) -> (bool, reason)`` and ``status() -> (bool, reason)``.
-Modules are imported lazily, so a broken optional backend never breaks ``import frkd_kernels``.
+Each backend is an object (``BACKEND`` in its module) with one method per backend function, see
+``Backend``. Modules are imported lazily, so a broken optional backend never breaks
+``import frkd_kernels``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import contextlib
 import importlib
 import os
 import threading
-from types import ModuleType
+from typing import Protocol
 
 import torch
 
@@ -28,21 +28,40 @@ _MODULES = {
 }
 _DEFAULT_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 
-_loaded: dict[str, ModuleType | Exception] = {}
+
+
+class Backend(Protocol):
+    """What every backend provides. Inputs arrive validated (each op slice's ``check``); shapes
+    and outputs are those of the op slices' ``reference*`` functions (``frkd_kernels/ops``)."""
+
+    def status(self) -> tuple[bool, str]: ...  # (live in this process, why / what)
+    def serves(self, device: torch.device) -> tuple[bool, str]: ...  # (can run on device, why not)
+    def prototype_pool(self, feat, labels, num_classes, ignore_index): ...
+    def prototype_pool_backward(self, grad_protos, labels, counts, feat, ignore_index): ...
+    def class_distance_maps(self, feat, labels, protos, counts, ignore_index, eps): ...
+    def class_distance_maps_backward(self, grad_intra, grad_inter, feat, labels, protos, counts, inter_class,
+                                     ignore_index, eps, need_feat, need_protos): ...
+    def masked_feature_mse(self, student, teacher, weight): ...
+    def masked_feature_mse_backward(self, grad_loss, student, teacher, weight, need_student, need_teacher): ...
+    def teacher_entropy(self, logits, temperature): ...
+
+
+_loaded: dict[str, Backend | Exception] = {}
 _load_lock = threading.Lock()
 _forced = threading.local()
 
 
-def _module(name: str) -> ModuleType | None:
-    """The backend's module, or None when it cannot be imported (the error is kept)."""
+def backend(name: str) -> Backend | None:
+    """The backend object ``name`` (its module's ``BACKEND``), or None when its module cannot be
+    imported (the error is kept for ``backend_status``)."""
     with _load_lock:
         if name not in _loaded:
             try:
-                _loaded[name] = importlib.import_module(_MODULES[name])
+                _loaded[name] = importlib.import_module(_MODULES[name]).BACKEND
             except Exception as exc:  # an optional dependency missing or broken
                 _loaded[name] = exc
-    mod = _loaded[name]
-    return mod if isinstance(mod, ModuleType) else None
+    found = _loaded[name]
+    return None if isinstance(found, Exception) else found
 
 
 def _check_name(name: str, where: str) -> str:
@@ -54,10 +73,10 @@ def _check_name(name: str, where: str) -> str:
 def backend_status(name: str) -> tuple[bool, str]:
     """(live, reason) for one backend in this process."""
     _check_name(name, "backend_status")
-    mod = _module(name)
-    if mod is None:
+    found = backend(name)
+    if found is None:
         return False, f"import of {_MODULES[name]} failed: {_loaded[name]!r}"
-    return mod.status()
+    return found.status()
 
 
 def backends(verbose: bool = False) -> dict[str, bool] | dict[str, str]:
@@ -74,7 +93,7 @@ def can_serve(name: str, device: torch.device) -> tuple[bool, str]:
     live, reason = backend_status(name)
     if not live:
         return False, reason
-    return _module(name).serves(torch.device(device))
+    return backend(name).serves(torch.device(device))
 
 
 @contextlib.contextmanager
@@ -120,5 +139,5 @@ def resolve(device: torch.device, op: str) -> str:
 
 
 def implementation(name: str, func: str):
-    """The function ``func`` of backend ``name`` (resolved before, so the module is loaded)."""
-    return getattr(_module(name), func)
+    """The method ``func`` of backend ``name`` (resolved before, so it is loaded)."""
+    return getattr(backend(name), func)

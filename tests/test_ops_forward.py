@@ -6,7 +6,6 @@ Shapes stay tiny (B <= 2, C <= 24, H·W <= 60, K <= 6) so the Triton interpreter
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import zlib
 
 import pytest
@@ -16,7 +15,6 @@ import frkd_kernels
 import naive
 from naive import (FLOAT64_BACKENDS, FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos,
                    with_layout)
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +47,7 @@ AWKWARD_LABELS = {  # only the ops that read labels (or feature norms) see a dif
     "ignore_index_inside_classes": Case(ignore_index=2),
     "zero_feature_pixels": Case(zero_pixels=True),
 }
-FRESH_SEEDS = [secrets.randbelow(2**31) for _ in range(3)]  # new each run; the test id shows them
+MORE_SEEDS = (11, 1234, 987654321)  # fixed: a failure reruns the same inputs
 
 
 def _seed(*key) -> int:
@@ -172,9 +170,9 @@ def test_awkward_labels(backend_device, op, case):
     RUNNERS[op](backend, device, AWKWARD_LABELS[case], _seed(op, case))
 
 
-@pytest.mark.parametrize("seed", FRESH_SEEDS)
+@pytest.mark.parametrize("seed", MORE_SEEDS)
 @pytest.mark.parametrize("op", RUNNERS)
-def test_fresh_seeds(backend_device, op, seed):
+def test_more_seeds(backend_device, op, seed):
     backend, device = backend_device
     RUNNERS[op](backend, device, Case(C=9, H=5, W=6, K=5), seed)
 

@@ -4,29 +4,63 @@ and the NaN poisoning of frkd allocations that the other op tests rely on.
 """
 from __future__ import annotations
 
+import importlib
+import pathlib
+import re
+
 import pytest
 import torch
 
 import frkd_kernels
 from naive import random_feat, random_labels, with_layout
 
-DESIGN_SCHEMAS = {  # DESIGN §2, verbatim
-    "prototype_pool": "(Tensor feat, Tensor labels, int num_classes, int ignore_index=255) "
-                      "-> (Tensor protos, Tensor counts)",
-    "class_distance_maps": "(Tensor feat, Tensor labels, Tensor protos, Tensor counts, int ignore_index=255, "
-                           "float eps=1e-8) -> (Tensor intra, Tensor inter)",
-    "masked_feature_mse": "(Tensor student, Tensor teacher, Tensor weight) -> Tensor",
-    "teacher_entropy": "(Tensor logits, float temperature=1.0) -> (Tensor entropy, Tensor pred)",
-}
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PUBLIC_OPS = ("prototype_pool", "class_distance_maps", "masked_feature_mse", "teacher_entropy")
+CODE_SUFFIXES = {".py", ".cpp", ".cu", ".h", ".cuh"}
+
+
+def _documented_schemas() -> dict[str, str]:
+    """{op: schema} as docs/ops.md states them (a line `op(args) -> returns` in backticks)."""
+    text = (ROOT / "docs" / "ops.md").read_text()
+    return {m.group(1): m.group(2) for m in re.finditer(r"^`(\w+)(\(.*\) -> .*)`$", text, re.M)}
+
+
+def _code_text(under: pathlib.Path = ROOT) -> str:
+    """Every source file under ``under``, with adjacent string literals joined."""
+    texts = []
+    for path in sorted(under.rglob("*")):
+        if path.suffix in CODE_SUFFIXES and not ({".git", "build", ".venv", ".venv-ci"} & set(path.parts)):
+            texts.append(re.sub(r'"\s*\n\s*"', "", path.read_text(errors="replace")))
+    return "\n".join(texts)
+
+
 BACKWARD_OPS = ("prototype_pool_backward", "class_distance_maps_backward", "masked_feature_mse_backward")
 FORWARD_OPS = ("prototype_pool_forward", "class_distance_maps_forward", "masked_feature_mse_forward")
 K = 3
 
 
-@pytest.mark.parametrize("name", DESIGN_SCHEMAS)
-def test_public_schema_is_the_design_one(name):
-    expected = torch._C.parse_schema(f"frkd::{name}{DESIGN_SCHEMAS[name]}")
+@pytest.mark.parametrize("name", PUBLIC_OPS)
+def test_public_schema_is_the_documented_one(name):
+    documented = _documented_schemas()
+    assert name in documented, f"docs/ops.md states no schema for {name}"
+    expected = torch._C.parse_schema(f"frkd::{name}{documented[name]}")
     assert str(getattr(torch.ops.frkd, name).default._schema) == str(expected)
+
+
+def test_each_schema_is_written_once_in_the_code():
+    """One schema text per op (public, backward and each private kernel, shared by cpu and cuda);
+    the C++ library registers kernels only, never a schema."""
+    from frkd_kernels import _library
+
+    code = _code_text()
+    slices = {op: importlib.import_module(f"frkd_kernels.ops.{op}") for op in PUBLIC_OPS}
+    texts = {op: module.SCHEMA.split(" -> ")[0] + " -> " for op, module in slices.items()}
+    texts.update({op + "_backward": module.BACKWARD_SCHEMA.split(" -> ")[0] + " -> "
+                  for op, module in slices.items() if hasattr(module, "BACKWARD_SCHEMA")})
+    texts.update({f"kernel {name}": schema.split("{")[0] for name, schema in _library.KERNEL_SCHEMAS.items()})
+    counts = {name: code.count(text) for name, text in texts.items()}
+    assert counts == {name: 1 for name in texts}, f"schema texts written more (or less) than once: {counts}"
+    assert not re.search(r"\bm\.def\(|TORCH_LIBRARY(_FRAGMENT)?\(", _code_text(ROOT / "csrc")), "a schema in C++"
 
 
 @pytest.mark.parametrize("name", FORWARD_OPS + BACKWARD_OPS)
@@ -82,7 +116,7 @@ def _op_calls(backend: str, device: str, permuted: bool):
     }
 
 
-OP_NAMES = tuple(DESIGN_SCHEMAS) + FORWARD_OPS + BACKWARD_OPS
+OP_NAMES = PUBLIC_OPS + FORWARD_OPS + BACKWARD_OPS
 
 
 @pytest.mark.parametrize("permuted", (False, True), ids=("contiguous", "permuted"))

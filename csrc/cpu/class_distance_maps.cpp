@@ -4,6 +4,7 @@
 // block of pixels in registers; the backward needs two classes per pixel and works on pixel-major
 // tiles. The one reduction over pixels (grad_protos) sums fixed chunks of pixels in order, so every
 // result is deterministic and independent of the thread count.
+// Compiled as part of csrc/frkd_ext.cpp (one translation unit for all CPU kernels).
 #include "cpu/tiles.h"
 
 #include <cmath>
@@ -11,7 +12,6 @@
 namespace frkd::cpu {
 namespace {
 
-constexpr int64_t T = kTilePixels;
 constexpr int64_t kBlock = 32;  // pixels whose dot products stay in registers in the forward
 
 // Squared norms of the prototypes: csq[b * K + k] = Σ_c protos[b, k, c]².
@@ -68,7 +68,8 @@ void distance_forward(const FeatureMap& f, const std::vector<int32_t>& cls, cons
           const acc_t cos = den >= eps ? dots[k * T + i] / den : acc_t(0);
           if (k == y) {
             own = cos;
-          } else if (valid && counts[b * K + k] > 0 && (arg < 0 || cos > best)) {  // ties: lowest k
+          } else if (valid && counts[b * K + k] > 0 &&
+                     (arg < 0 || cos > best || (std::isnan(cos) && !std::isnan(best)))) {  // docs/ops.md: ties, NaN
             best = cos;
             arg = k;
           }

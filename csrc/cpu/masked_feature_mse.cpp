@@ -1,12 +1,12 @@
 // masked_feature_mse on CPU: Σ_{b,p} weight[b,p]·Σ_c (student − teacher)² / C, and its backward.
 // The forward sums each fixed tile of pixels on its own and adds the tiles' partial sums in tile
 // order, so the loss does not depend on the number of threads.
+// Compiled as part of csrc/frkd_ext.cpp (one translation unit for all CPU kernels).
 #include "cpu/tiles.h"
 
 namespace frkd::cpu {
 namespace {
 
-constexpr int64_t T = kTilePixels;
 
 template <typename acc_t>
 acc_t mse_forward(const FeatureMap& s, const FeatureMap& t, const acc_t* weight, int64_t B) {

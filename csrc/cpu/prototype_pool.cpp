@@ -1,6 +1,7 @@
 // prototype_pool on CPU: per-image class means of a feature map, and its backward.
 // Forward: one task per (image, group of kGroup channels) walks the image's pixels in order and
 // adds each pixel's channels into its class row, so the sums are deterministic without atomics.
+// Compiled as part of csrc/frkd_ext.cpp (one translation unit for all CPU kernels).
 #include "cpu/tiles.h"
 
 namespace frkd::cpu {

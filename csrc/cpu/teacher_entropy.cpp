@@ -1,13 +1,12 @@
 // teacher_entropy on CPU: normalised softmax entropy of logits / T over the K classes, and the
 // arg-max class (ties: lowest k; NaN counts as the maximum, as in torch.argmax). Teacher-only.
+// Compiled as part of csrc/frkd_ext.cpp (one translation unit for all CPU kernels).
 #include "cpu/tiles.h"
 
 #include <cmath>
 
 namespace frkd::cpu {
 namespace {
-
-constexpr int64_t T = kTilePixels;
 
 // entropy = (log Σ_k e_k − Σ_k e_k·(z_k − m) / Σ_k e_k) / log K with z = logits / temperature,
 // m = max_k z_k, e_k = exp(z_k − m): logsumexp − E_P[z] without cancelling large logits.

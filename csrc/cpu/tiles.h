@@ -3,9 +3,9 @@
 // double for float64 inputs), and the labels -> class-index map.
 #pragma once
 
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -22,6 +22,7 @@
 namespace frkd::cpu {
 
 constexpr int64_t kTilePixels = 64;
+constexpr int64_t T = kTilePixels;  // the kernels' short name for it
 
 // A B×C×H×W tensor seen as B images of C channels over N = H·W pixels, any strides and dtype.
 struct FeatureMap {

@@ -78,9 +78,17 @@ def _cdm_forward_kernel(
         own += tl.sum(tl.where(is_own, cos, 0.0), axis=1)
         present = tl.load(counts_ptr + b * stride_nb + offs_k * stride_nk, mask=mask_k, other=0.0) > 0
         candidate = present[None, :] & ~is_own & valid[:, None]
-        chunk_best = tl.max(tl.where(candidate, cos, float("-inf")), axis=1)
-        chunk_class = tl.min(tl.where(candidate & (cos == chunk_best[:, None]), offs_k[None, :], K), axis=1)
-        take = (chunk_class < K) & ((best_class < 0) | (chunk_best > best))  # lowest k wins ties
+        # docs/ops.md: the largest cosine, ties to the lowest k; a NaN counts as the largest
+        is_nan = candidate & (cos != cos)
+        nan_class = tl.min(tl.where(is_nan, offs_k[None, :], K), axis=1)
+        number = candidate & ~is_nan
+        chunk_best = tl.max(tl.where(number, cos, float("-inf")), axis=1)
+        chunk_class = tl.min(tl.where(number & (cos == chunk_best[:, None]), offs_k[None, :], K), axis=1)
+        chunk_nan = nan_class < K
+        chunk_best = tl.where(chunk_nan, float("nan"), chunk_best)
+        chunk_class = tl.where(chunk_nan, nan_class, chunk_class)
+        best_nan = best != best
+        take = (chunk_class < K) & ((best_class < 0) | (~best_nan & (chunk_nan | (chunk_best > best))))
         best = tl.where(take, chunk_best, best)
         best_class = tl.where(take, chunk_class, best_class)
     out = b * N + offs_p
