@@ -7,7 +7,7 @@
 #     is supplied for it in the temp dir).
 # Objects go to a temp dir that is removed on exit. Exits 0 with "skipped: nvcc not found" when
 # there is no nvcc, nonzero on any compile error. NVCC and CXX override the compilers.
-# The kernels' results are checked without a GPU by csrc/cuda/emulation/check_emulated.py (a few
+# The kernels' results are checked without a GPU by tests/cuda_emulation/check_emulated.py (a few
 # minutes); FRKD_CUDA_EMULATE=1 runs it at the end of this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,5 +89,5 @@ fi
 echo "check_cuda_compile: all CUDA sources compile"
 
 if [ "${FRKD_CUDA_EMULATE:-0}" = "1" ]; then
-  "${python:-python3}" csrc/cuda/emulation/check_emulated.py
+  "${python:-python3}" tests/cuda_emulation/check_emulated.py
 fi

@@ -1,6 +1,6 @@
-"""Test oracle for the frkd ops: naive float64 loops, written from DESIGN §2 alone.
+"""Test oracle for the frkd ops: naive float64 loops, written from docs/ops.md alone.
 
-Deliberately independent of ``frkd_kernels/reference.py``: one pixel, one class at a time, with
+Deliberately independent of the op slices' references (``frkd_kernels/ops``): one pixel, one class at a time, with
 the tie and eps rules spelled out. Also holds what every op test shares with the oracle: random
 inputs, memory layouts, and the tolerance with which a backend must match it.
 
@@ -100,11 +100,13 @@ def class_distance_maps(feat, labels, protos, counts, ignore_index: int = 255, e
                     continue
                 fp = f[b, :, i, j]
                 intra[b, i, j] = _cos(fp, c[b, own], eps)[0]
-                for k in range(K):  # strict '>' keeps the lowest k on ties
+                for k in range(K):  # strict '>' keeps the lowest k on ties; the first NaN wins
                     if k == own or n[b, k] <= 0:
                         continue
                     cos = _cos(fp, c[b, k], eps)[0]
-                    if inter_class[b, i, j] < 0 or cos > inter[b, i, j]:
+                    best = inter[b, i, j]
+                    if (inter_class[b, i, j] < 0 or cos > best
+                            or (math.isnan(cos) and not math.isnan(best))):
                         inter[b, i, j], inter_class[b, i, j] = cos, k
     return _tensor(intra), _tensor(inter), torch.from_numpy(inter_class)
 
@@ -187,7 +189,7 @@ def teacher_entropy(logits, temperature: float = 1.0):
 # --- shared test inputs and tolerances --------------------------------------------------------
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-FLOAT64_BACKENDS = ("torch", "cpu")  # the backends that also take float64 (DESIGN §2)
+FLOAT64_BACKENDS = ("torch", "cpu")  # the backends that also take float64 (docs/ops.md)
 LAYOUTS = ("contiguous", "channels_last", "sliced")
 
 # (rtol, atol relative to the largest expected magnitude) for a result stored in that dtype

@@ -165,7 +165,7 @@ def test_backward_routes_inter_gradient_to_the_saved_class():
     counts = torch.ones(1, K)
     saved = torch.tensor([[[3, 2**20, -1]]], dtype=torch.int32)  # pixel 0 -> class 3; the others: none
     zeros, ones = torch.zeros(1, 1, 3), torch.ones(1, 1, 3)
-    _, grad_protos = cpu_backend.class_distance_maps_backward(zeros, ones, feat, labels, protos, counts, saved,
+    _, grad_protos = cpu_backend.BACKEND.class_distance_maps_backward(zeros, ones, feat, labels, protos, counts, saved,
                                                               255, 1e-8, False, True)
     touched = grad_protos.abs().sum(2)[0] > 0
     assert touched.tolist() == [k == 3 for k in range(K)]

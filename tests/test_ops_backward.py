@@ -40,7 +40,7 @@ def _leaf(t: torch.Tensor, layout: str = "contiguous") -> torch.Tensor:
 
 def _float64_only(backend):
     if backend not in FLOAT64_BACKENDS:
-        pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (DESIGN §2)")
+        pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (docs/ops.md)")
 
 
 # --- gradcheck (float64) ----------------------------------------------------------------------

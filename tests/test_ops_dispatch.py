@@ -1,4 +1,4 @@
-"""The dispatch rule of DESIGN §1: ``use_backend`` (innermost wins) > env ``FRKD_BACKEND`` > default
+"""The dispatch rule of docs/ops.md: ``use_backend`` (innermost wins) > env ``FRKD_BACKEND`` > default
 (CPU tensors: cpu > torch); a forced backend that cannot serve raises; the backward runs on the
 backend its forward used; ``backends()``.
 

@@ -1,4 +1,4 @@
-"""Bad inputs to the frkd ops raise a clear error: the op, the argument, and what was given (DESIGN §2)."""
+"""Bad inputs to the frkd ops raise a clear error: the op, the argument, and what was given (docs/ops.md)."""
 from __future__ import annotations
 
 import re

@@ -66,7 +66,7 @@ def _inputs(case: Case, seed: int, dtype=torch.float32, device="cpu"):
 
 def _skip_unsupported(backend: str, *dtypes: torch.dtype):
     if torch.float64 in dtypes and backend not in FLOAT64_BACKENDS:
-        pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (DESIGN §2)")
+        pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (docs/ops.md)")
 
 
 def _stat_dtype(*dtypes):
@@ -258,3 +258,22 @@ def test_teacher_entropy_stable_for_large_logit_gaps(backend_device, gap):
 def test_teacher_entropy_temperature(backend_device, temperature):
     backend, device = backend_device
     run_teacher_entropy(backend, device, Case(K=6), 21, temperature=temperature)
+
+
+def test_class_distance_maps_nan_cosine_counts_as_the_largest(backend_device):
+    """docs/ops.md arg-max rule: a NaN cosine (here: an inf entry in class 2's prototype) wins over
+    every number, and among NaNs the lowest k wins; intra keeps its own class's value."""
+    backend, device = backend_device
+    gen = torch.Generator().manual_seed(_seed("nan"))
+    feat, labels = random_feat(gen, 2, 5, 3, 4), random_labels(gen, 2, 3, 4, 5)
+    counts = torch.ones(2, 5)
+    protos = random_protos(gen, counts, 5)
+    protos[:, 2, 0] = float("inf")
+    protos[1, 4, 1] = float("-inf")  # image 1: two NaN classes; class 2 is the lower one
+    args = (feat.to(device), labels.to(device), protos.to(device), counts.to(device))
+    with frkd_kernels.use_backend(backend):
+        intra, inter, inter_class, _ = torch.ops.frkd.class_distance_maps_forward(*args)
+    e_intra, e_inter, e_class = naive.class_distance_maps(feat, labels, protos, counts)
+    assert torch.equal(inter_class.cpu().long(), e_class)
+    assert torch.equal(inter.cpu().isnan(), e_inter.isnan()) and bool(e_inter.isnan().any())
+    assert torch.equal(intra.cpu().isnan(), e_intra.isnan())

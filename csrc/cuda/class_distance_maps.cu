@@ -1,4 +1,4 @@
-// class_distance_maps forward on CUDA (DESIGN §2.2). Three passes:
+// class_distance_maps forward on CUDA (docs/ops.md). Three passes:
 //  1. psq[b, k] = |protos[b, k]|²                       (prototype_norms.cuh)
 //  2. dots[b, k, p] = feat[b, :, p] · protos[b, k, :] and fsq[b, p] = |feat[b, :, p]|², a small
 //     GEMM per image tiled over 64 pixels × 32 classes, channels streamed through shared memory

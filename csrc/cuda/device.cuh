@@ -97,7 +97,7 @@ __device__ __forceinline__ int64_t pixel_offset(int64_t p, int64_t W, int64_t sH
   return h * sH + (p - h * W) * sW;
 }
 
-// cos = dot / (|a||b|) when |a||b| >= eps, else 0 (DESIGN §2.2); `ok` tells which case.
+// cos = dot / (|a||b|) when |a||b| >= eps, else 0 (docs/ops.md); `ok` tells which case.
 template <class A>
 __device__ __forceinline__ A cosine(A dot, A norm_a, A norm_b, A eps, bool& ok) {
   const A den = norm_a * norm_b;

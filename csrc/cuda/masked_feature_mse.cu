@@ -1,4 +1,4 @@
-// masked_feature_mse on CUDA (DESIGN §2.3): loss = Σ_{b,p} w[b,p] Σ_c (s - t)² / C, and its backward.
+// masked_feature_mse on CUDA (docs/ops.md): loss = Σ_{b,p} w[b,p] Σ_c (s - t)² / C, and its backward.
 // Forward: each block sums w·(s - t)² over 256 pixels × 32 channels into one partial (fixed
 // shuffle tree), then one block adds the partials in index order: deterministic, no atomics.
 // Student and teacher dtypes may differ; A is float, or double when any input is float64.

@@ -1,4 +1,4 @@
-// prototype_pool on CUDA (DESIGN §2.1): per-image class means of a feature map, and its backward.
+// prototype_pool on CUDA (docs/ops.md): per-image class means of a feature map, and its backward.
 // Forward: labels -> class indices (B×N int32), class sums and counts by `class_pool`
 // (class_pool.cuh), then one pass dividing sums by counts (exactly 0 for absent classes).
 #include "cuda/class_pool.cuh"

@@ -1,4 +1,4 @@
-// teacher_entropy on CUDA (DESIGN §2.4): one thread per pixel walks the K logits once with an
+// teacher_entropy on CUDA (docs/ops.md): one thread per pixel walks the K logits once with an
 // online softmax. With z = x / T, m the running max, s = Σ e^(z-m) and u = Σ e^(z-m) (z - m):
 //   entropy = (log s - u / s) / log K, clamped to [0, 1]; 0 when K = 1,
 // which never forms z·e^z, so any logit gap is stable and 0·log 0 = 0 (e^(z-m) = 0 terms are

@@ -1,17 +1,18 @@
-"""Run the CUDA backend's kernels on CPU under a host emulation of CUDA and compare with reference.py.
+"""Run the CUDA backend's kernels on CPU under a host emulation of CUDA and compare with tests/naive.py.
 
 No GPU needed. The script copies csrc/cuda/* to a temp dir, rewrites each launch
 ``kernel<<<grid, block, smem, stream>>>(args)`` as ``emu::launch(...)`` (stub/emu.h), and registers
-the binding's ops as ``frkd_emu::_cuda_*`` for CPU tensors. It builds them with
-torch.utils.cpp_extension, which takes a few minutes. Then it runs ``frkd_kernels.cuda_backend``
-against them with NaN-poisoned outputs, over dtypes, layouts, label types, both reduction paths
+the binding's kernels under ``frkd_emu::_cuda_*`` for CPU tensors (schemas generated from the op
+slices' ``KERNELS``, as for ``frkd::``). It builds them with torch.utils.cpp_extension, which takes
+a few minutes. Then it runs a ``CompiledBackend("cuda", kernels=torch.ops.frkd_emu)`` (the
+backend object the ``cuda`` backend is, over the emulated kernels) against the naive oracle with NaN-poisoned outputs, over dtypes, layouts, label types, both reduction paths
 (atomic and deterministic) and the tiling regimes (several channel chunks, class tiles and pixel
 splits, and partial sums in global memory for large K).
 
 What it cannot check: real GPU scheduling and memory spaces, launch limits, the device half/bf16
 intrinsics, and performance. Those still need a GPU run of the op test suite.
 
-Usage: python csrc/cuda/emulation/check_emulated.py   (exit status 1 on any mismatch)
+Usage: python tests/cuda_emulation/check_emulated.py   (exit status 1 on any mismatch)
 Set FRKD_EMU_BUILD_DIR to keep and reuse the build.
 """
 from __future__ import annotations
@@ -27,11 +28,15 @@ import torch
 from torch.utils.cpp_extension import load
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CUDA_SRC = os.path.dirname(HERE)
-sys.path.insert(0, os.path.dirname(os.path.dirname(CUDA_SRC)))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CUDA_SRC = os.path.join(ROOT, "csrc", "cuda")
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-import frkd_kernels.cuda_backend as cb  # noqa: E402
-import frkd_kernels.reference as ref  # noqa: E402
+import naive  # noqa: E402
+from frkd_kernels import _library  # noqa: E402
+from frkd_kernels._compiled import CompiledBackend  # noqa: E402
+
+cb: CompiledBackend  # the cuda backend over the emulated kernels, made in main()
 
 LAUNCH = re.compile(r"([\w:]+(?:<[^<>;]*>)?)<<<(.*?)>>>\((.*?)\);", re.S)
 CONFIG_SPLIT = re.compile(r",(?![^(<]*[)>])")
@@ -51,7 +56,6 @@ def _rewrite(name: str, text: str) -> str:
         text = text.replace("t.is_cuda() && ", "").replace("c10::cuda::getCurrentCUDAStream().stream()", "nullptr")
         text = text.replace("namespace frkd::cuda {", "namespace c10::cuda {\nstruct CUDAGuard {\n  explicit CUDAGuard"
                             "(c10::Device) {}\n};\n}  // namespace c10::cuda\nnamespace frkd::cuda {", 1)
-    text = text.replace("TORCH_LIBRARY_FRAGMENT(frkd, m)", "TORCH_LIBRARY_FRAGMENT(frkd_emu, m)")
     text = text.replace("TORCH_LIBRARY_IMPL(frkd, CUDA, m)", "TORCH_LIBRARY_IMPL(frkd_emu, CPU, m)")
     if "<<<" in text:
         sys.exit(f"check_emulated: a launch in {name} was not rewritten")
@@ -124,13 +128,13 @@ def check_pool(B, C, H, W, K, dtype, layout, ldt, det, ignore_index=255):
     deterministic(det)
     protos, counts = cb.prototype_pool(feat, y, K, ignore_index)
     deterministic(False)
-    r_protos, r_counts = ref.prototype_pool(feat, y, K, ignore_index)
+    r_protos, r_counts = naive.prototype_pool(feat, y, K, ignore_index)
     expect_close(what + " protos", protos, r_protos, 10 * TOL[dtype])
     expect_close(what + " counts", counts, r_counts, 0)
     expect(what + " absent classes not exactly 0", bool((protos[r_counts == 0] == 0).all()))
-    grad = torch.randn(B, K, C, dtype=r_protos.dtype)
+    grad = torch.randn(B, K, C, dtype=protos.dtype)
     g = cb.prototype_pool_backward(grad, y, counts, feat, ignore_index)
-    expect_close(what + " backward", g, ref.prototype_pool_backward(grad, y, r_counts, feat, ignore_index), TOL[dtype])
+    expect_close(what + " backward", g, naive.prototype_pool_grad(grad, feat, y, K, ignore_index), TOL[dtype])
     expect(what + " backward layout", g.dtype == feat.dtype and g.stride() == torch.empty_like(feat).stride())
 
 
@@ -138,24 +142,24 @@ def check_maps(B, C, H, W, K, dtype, layout, ldt, det, protos_dtype=None, ignore
     feat, y = feature(B, C, H, W, dtype, layout), labels(B, H, W, K, ldt)
     if H * W:
         feat[0, :, 0, 0] = 0  # cos = 0 to every class: ties go to the lowest k, no gradient
-    protos, counts = ref.prototype_pool(feat, y, K, ignore_index)
-    protos = (protos + 0.3 * torch.randn_like(protos) * (counts[..., None] > 0)).to(protos_dtype or protos.dtype)
+    stat = torch.float64 if dtype == torch.float64 else torch.float32
+    protos, counts = (t.to(stat) for t in naive.prototype_pool(feat, y, K, ignore_index))
+    protos = (protos + 0.3 * torch.randn_like(protos) * (counts[..., None] > 0)).to(protos_dtype or stat)
     what = f"class_distance_maps B{B} C{C} {H}x{W} K{K} {dtype}/{protos.dtype} {layout} {ldt} det={det}"
     tol = 10 * max(TOL[dtype], TOL[protos.dtype])
     intra, inter, arg = cb.class_distance_maps(feat, y, protos, counts, ignore_index, 1e-8)
-    r_intra, r_inter, r_arg = ref.class_distance_maps(feat, y, protos, counts, ignore_index, 1e-8)
+    r_intra, r_inter, r_arg = naive.class_distance_maps(feat, y, protos, counts, ignore_index, 1e-8)
     expect_close(what + " intra", intra, r_intra, tol)
     expect_close(what + " inter", inter, r_inter, tol)
     if dtype in (torch.float32, torch.float64):  # 16-bit inputs may round near-ties differently
-        expect(what + " inter_class", torch.equal(arg, r_arg))
-    g_intra, g_inter = torch.randn_like(r_intra), torch.randn_like(r_inter)
+        expect(what + " inter_class", torch.equal(arg.long(), r_arg))
+    g_intra, g_inter = torch.randn_like(intra), torch.randn_like(inter)
+    r_gf, r_gp = naive.class_distance_maps_grad(g_intra, g_inter, feat, y, protos, counts, ignore_index, 1e-8)
     for need_feat, need_protos in ((True, True), (True, False), (False, True)):
         deterministic(det)
-        gf, gp = cb.class_distance_maps_backward(g_intra, g_inter, feat, y, protos, counts, r_arg, ignore_index, 1e-8,
-                                                 need_feat, need_protos)
+        gf, gp = cb.class_distance_maps_backward(g_intra, g_inter, feat, y, protos, counts, r_arg.to(torch.int32),
+                                                 ignore_index, 1e-8, need_feat, need_protos)
         deterministic(False)
-        r_gf, r_gp = ref.class_distance_maps_backward(g_intra, g_inter, feat, y, protos, counts, r_arg, ignore_index,
-                                                      1e-8, need_feat, need_protos)
         tag = f"{what} backward need=({need_feat}, {need_protos})"
         if need_feat:
             expect_close(tag + " grad_feat", gf, r_gf, 2 * tol)
@@ -171,13 +175,13 @@ def check_mse(B, C, H, W, s_dtype, t_dtype, w_dtype, layout):
     w = torch.rand(B, H, W, dtype=w_dtype)
     what = f"masked_feature_mse B{B} C{C} {H}x{W} {s_dtype}/{t_dtype}/{w_dtype} {layout}"
     tol = 10 * max(TOL[s_dtype], TOL[t_dtype])
-    loss, r_loss = cb.masked_feature_mse(s, t, w), ref.masked_feature_mse(s, t, w)
+    loss, r_loss = cb.masked_feature_mse(s, t, w), naive.masked_feature_mse(s, t, w)
     expect_close(what + " loss", loss, r_loss, tol)
-    expect(what + " loss dtype", loss.dtype == r_loss.dtype)
-    g = torch.tensor(0.7, dtype=r_loss.dtype)
+    expect(what + " loss dtype", loss.dtype == _library.stat_dtype(s, t, w))
+    g = torch.tensor(0.7, dtype=loss.dtype)
+    r_gs, r_gt = naive.masked_feature_mse_grad(0.7, s, t, w)
     for need_s, need_t in ((True, True), (True, False), (False, True)):
         gs, gt = cb.masked_feature_mse_backward(g, s, t, w, need_s, need_t)
-        r_gs, r_gt = ref.masked_feature_mse_backward(g, s, t, w, need_s, need_t)
         if need_s:
             expect_close(what + " grad_student", gs, r_gs, tol)
         if need_t:
@@ -191,9 +195,21 @@ def check_entropy(B, K, H, W, dtype, layout, temperature):
         z[0, 0, 0, 1] = 1e4  # a huge gap: entropy 0, no overflow
     what = f"teacher_entropy B{B} K{K} {H}x{W} {dtype} {layout} T={temperature}"
     entropy, pred = cb.teacher_entropy(z, temperature)
-    r_entropy, r_pred = ref.teacher_entropy(z, temperature)
+    r_entropy, r_pred = naive.teacher_entropy(z, temperature)
     expect_close(what + " entropy", entropy, r_entropy, 10 * max(TOL[dtype], 1e-5))
     expect(what + " pred", torch.equal(pred, r_pred))
+
+
+def check_maps_nan(B, C, H, W, K):
+    """docs/ops.md arg-max rule: a NaN cosine (an inf prototype entry) counts as the largest."""
+    feat, y = feature(B, C, H, W, torch.float32, "contiguous"), labels(B, H, W, K, torch.int64)
+    protos, counts = (t.float() for t in naive.prototype_pool(feat, y, K, 255))
+    counts = torch.ones_like(counts)
+    protos[:, 2, 0] = float("inf")
+    _, inter, arg = cb.class_distance_maps(feat, y, protos, counts, 255, 1e-8)
+    _, r_inter, r_arg = naive.class_distance_maps(feat, y, protos, counts, 255, 1e-8)
+    expect("class_distance_maps NaN rule inter_class", torch.equal(arg.long(), r_arg))
+    expect("class_distance_maps NaN rule inter", torch.equal(inter.isnan(), r_inter.isnan()))
 
 
 def run_checks():
@@ -222,6 +238,7 @@ def run_checks():
     for ignore_index in (0, -1):
         check_pool(2, 6, 4, 5, 4, torch.float32, "contiguous", torch.int64, False, ignore_index=ignore_index)
         check_maps(2, 6, 4, 5, 4, torch.float32, "contiguous", torch.int64, True, ignore_index=ignore_index)
+    check_maps_nan(2, 6, 3, 5, 5)
     for s_dtype, t_dtype in itertools.product(dtypes, repeat=2):
         check_mse(2, 5, 3, 4, s_dtype, t_dtype, torch.float32, "contiguous")
     for layout in ("channels_last", "sliced"):
@@ -254,8 +271,10 @@ def _poisoned(allocate):
 def main() -> int:
     build_dir = os.environ.get("FRKD_EMU_BUILD_DIR") or tempfile.mkdtemp(prefix="frkd_cuda_emu_")
     print(f"check_emulated: building the emulated CUDA kernels in {build_dir} (a few minutes)", flush=True)
+    _library.define_kernels(dict(_library.KERNEL_SCHEMAS), namespace="frkd_emu", backends=("cuda",))
     build(build_dir)
-    cb.OPS.library = torch.ops.frkd_emu
+    global cb
+    cb = CompiledBackend("cuda", kernels=torch.ops.frkd_emu)
     torch.empty_like = _poisoned(torch.empty_like)
     torch.Tensor.new_empty = _poisoned(torch.Tensor.new_empty)
     torch.manual_seed(0)
