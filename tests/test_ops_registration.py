@@ -63,6 +63,15 @@ def test_each_schema_is_written_once_in_the_code():
     assert not re.search(r"\bm\.def\(|TORCH_LIBRARY(_FRAGMENT)?\(", _code_text(ROOT / "csrc")), "a schema in C++"
 
 
+@pytest.mark.parametrize("name", ("prototype_pool", "class_distance_maps"))
+def test_schema_default_ignore_index_is_the_library_one(name):
+    """The functional API's default (``_library.IGNORE_INDEX``) and the schema's agree."""
+    from frkd_kernels import _library
+
+    (arg,) = [a for a in getattr(torch.ops.frkd, name).default._schema.arguments if a.name == "ignore_index"]
+    assert arg.default_value == _library.IGNORE_INDEX
+
+
 @pytest.mark.parametrize("name", FORWARD_OPS + BACKWARD_OPS)
 def test_private_forward_and_backward_ops_are_registered(name):
     schema = getattr(torch.ops.frkd, name).default._schema

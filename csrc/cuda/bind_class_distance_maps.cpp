@@ -1,4 +1,4 @@
-// Torch binding of class_distance_maps' CUDA kernels (class_distance_maps*.cu).
+// Torch binding of class_distance_maps' CUDA kernels (class_distance_maps.cu).
 #include <torch/library.h>
 
 #include "cuda/tensor_views.h"

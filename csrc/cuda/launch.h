@@ -42,7 +42,7 @@ void prototype_pool(const Map4& feat, const Labels& labels, int64_t K, int64_t i
 void prototype_pool_backward(const void* grad_protos, const void* counts, bool acc_double, const Labels& labels,
                              int64_t K, int64_t ignore_index, const Map4& grad_feat, cudaStream_t stream);
 
-// --- class_distance_maps (class_distance_maps.cu, class_distance_maps_backward.cu) ---------------
+// --- class_distance_maps (class_distance_maps.cu) -----------------------------------------------
 
 // protos B×K×C and counts B×K contiguous of type A; intra, inter B×H×W contiguous of type A;
 // inter_class B×H×W contiguous int32.
