@@ -180,13 +180,14 @@ def test_float64_is_refused_with_a_clear_error():
 
 
 def test_serves_contract():
-    live, reason = triton_ops.status()
+    backend = triton_ops.BACKEND
+    live, reason = backend.status()
     assert live and "triton" in reason
-    ok, why = triton_ops.serves(torch.device("cpu"))
+    ok, why = backend.serves(torch.device("cpu"))
     assert ok == (triton_ops.INTERPRET) and (ok or "TRITON_INTERPRET=1" in why)
-    ok, why = triton_ops.serves(torch.device("cuda"))
+    ok, why = backend.serves(torch.device("cuda"))
     assert ok == (torch.cuda.is_available() and not triton_ops.INTERPRET) and (ok or why)
-    assert not triton_ops.serves(torch.device("meta"))[0]
+    assert not backend.serves(torch.device("meta"))[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the op suite runs the compiled kernels themselves")
