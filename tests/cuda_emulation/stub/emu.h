@@ -1,4 +1,4 @@
-// Host emulation of the CUDA execution model for csrc/cuda/emulation/check_emulated.py: blocks run
+// Host emulation of the CUDA execution model for tests/cuda_emulation/check_emulated.py: blocks run
 // one after another, the threads of a block as std::threads (so __syncthreads is a real barrier),
 // __shared__ becomes static storage (one block at a time), dynamic shared memory starts as garbage,
 // shuffles go through a per-warp exchange and atomics through a mutex. Not part of any build.
