@@ -80,9 +80,10 @@ def markdown(result: dict) -> str:
         f"- Load average (1 min; sampled after each workload) at start / max / end: "
         f"{m['load_start']:.2f} / {m['load_max']:.2f} / {m['load_end']:.2f}",
         "- Shapes: " + "; ".join(f"`{n}` {_dims(d)}" for n, d in m["shapes"].items()),
-        "- GB/s, % copy BW and peak MiB are for forward+backward (forward for `teacher_entropy`); "
-        "× vs peer = peer time / this time, for forward / backward / forward+backward.",
     ]
+    if rows:
+        lines.append("- GB/s, % copy BW and peak MiB are for forward+backward (forward for `teacher_entropy`); "
+                     "× vs peer = peer time / this time, for forward / backward / forward+backward.")
     if off:
         lines.append(f"- Providers not run: {'; '.join(off)}")
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
