@@ -69,12 +69,15 @@ def parse_args(argv):
                    help=f"JSON path (default: {SCRATCH_DIR}/<key>[-quick].json; bench/results/<key>.json with --record)")
     p.add_argument("--markdown", default=None,
                    help="markdown file whose bench:<key> section is rewritten (docs/performance.md with --record)")
+    p.add_argument("--section", default=None,
+                   help="the markdown section's key, for a partial run kept beside the full one "
+                        "(default: <device>, or <device>-<N>t with --threads N)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False (use --device cpu)")
     if args.record:
-        partial = [flag for flag, given in (("--quick", args.quick), ("--shapes", args.shapes), ("--ops", args.ops))
-                   if given]
+        partial = [flag for flag, given in (("--quick", args.quick), ("--shapes", args.shapes), ("--ops", args.ops),
+                                            ("--section", args.section)) if given]
         if partial:
             p.error(f"--record: a record is the full default set; drop {', '.join(partial)} "
                     "(or write elsewhere with --out/--markdown)")
@@ -85,6 +88,10 @@ def parse_args(argv):
 def result_key(args) -> str:
     """``cpu``, ``cuda``, or ``cpu-<N>t`` with --threads N: names the results file and docs section."""
     return args.device + (f"-{args.threads}t" if args.threads else "")
+
+
+def section_key(args) -> str:
+    return args.section or result_key(args)
 
 
 def output_paths(args) -> tuple[Path, Path | None]:
@@ -209,8 +216,8 @@ def main(argv=None) -> int:
     report.write_json(out, result)
     print(f"wrote {out}")
     if markdown:
-        report.write_markdown(markdown, result_key(args), report.markdown(result))
-        print(f"updated the bench:{result_key(args)} section of {markdown}")
+        report.write_markdown(markdown, section_key(args), report.markdown(result))
+        print(f"updated the bench:{section_key(args)} section of {markdown}")
     failed = [r for r in result["results"] + result["step_share"] if r["error"]]
     if failed:
         print(f"bench: {len(failed)} row(s) failed (their error is in the JSON and the table)", file=sys.stderr)

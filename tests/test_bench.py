@@ -126,12 +126,23 @@ def test_only_record_or_named_paths_write_committed_files():
     assert paths("--out", "a.json", "--markdown", "b.md") == (Path("a.json"), Path("b.md"))
 
 
-@pytest.mark.parametrize("partial", [["--quick"], ["--shapes", "tiny"], ["--ops", "ifv"]])
+@pytest.mark.parametrize("partial", [["--quick"], ["--shapes", "tiny"], ["--ops", "ifv"], ["--section", "x"]])
 def test_record_refuses_a_partial_run(partial, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench_run.parse_args(["--device", "cpu", "--record", *partial])
     assert exit_info.value.code == 2
     assert f"--record: a record is the full default set; drop {partial[0]}" in capsys.readouterr().err
+
+
+def test_a_partial_run_writes_its_own_section(tmp_path):
+    doc = tmp_path / "perf.md"
+    doc.write_text("<!-- bench:cpu:begin -->\nfull run\n<!-- bench:cpu:end -->\n")
+    argv = ["--device", "cpu", "--shapes", "tiny", "--ops", "teacher_entropy", "--providers", "torch", "--warmup", "0",
+            "--repeats", "1", "--out", str(tmp_path / "r.json"), "--markdown", str(doc), "--section", "cpu-part"]
+    assert bench_run.main(argv) == 0
+    text = doc.read_text()
+    assert "full run" in text and text.count("<!-- bench:cpu-part:begin -->") == 1
+    assert "**teacher_entropy**" in text.split("<!-- bench:cpu-part:begin -->")[1]
 
 
 def test_a_failing_provider_is_reported_and_fails_the_run(tmp_path, monkeypatch, capsys):
