@@ -33,6 +33,7 @@ DESCRIPTION = ("training-step share of the FRKD loss: DeepLabV3-ResNet18 student
                "backward, SGD) with and without the FRKD loss; teacher forward (no_grad) timed apart")
 PARTS = ("teacher_forward", "student_step", "student_step+frkd", "frkd_loss")
 LR = 1e-3  # small: the weights move little over the timed repeats
+GPU_REP_MS = 3000  # do_bench's timing window: about ten steps of a few hundred ms each
 
 
 class StepBench:
@@ -100,7 +101,7 @@ def measure(shape: StepShape, device: torch.device, backends: list[str], *, warm
         fns[("frkd_loss", backend)] = lambda b=backend: bench.frkd_loss(b)
         loss_values[backend] = float(bench.frkd_loss(backend))  # also a warm-up of the backend's kernels
     keyed = {f"{part}/{backend}": fn for (part, backend), fn in fns.items()}
-    timings = time_all(keyed, device, (), warmup=warmup, repeats=repeats)
+    timings = time_all(keyed, device, (), warmup=warmup, repeats=repeats, gpu_rep_ms=GPU_REP_MS)
     rows = []
     for (part, backend), fn in fns.items():
         result = timings[f"{part}/{backend}"]

@@ -6,7 +6,7 @@
 # Writes everything under OUTDIR: one log per step, JSON and markdown from the benchmarks and the
 # sanitizer script, env.md (versions, missing packages), steps.tsv and summary.md (PASS / FAIL /
 # SKIP per step with its duration and limit). Each step runs under `timeout`; a failing step does
-# not stop the others; the whole run keeps to GPU_CHECK_BUDGET_S seconds (default 400): a step
+# not stop the others; the whole run keeps to GPU_CHECK_BUDGET_S seconds (default 420): a step
 # gets at most what is left, and is skipped when under 15 s are left. Exit status 1 when a step
 # failed, else 0.
 #
@@ -45,7 +45,7 @@ OUTDIR=$(cd "$1" && pwd)
 cd "$(dirname "$0")/.." || exit 2
 REPO=$(pwd)
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET_S:-400}
+BUDGET=${GPU_CHECK_BUDGET_S:-420}
 ONLY=" ${GPU_CHECK_ONLY:-} "
 STARTED=$(date +%s)
 STEPS="$OUTDIR/steps.tsv"
@@ -235,7 +235,7 @@ fi
 step backends 60 bash -c backends_check
 
 if [ "$GPU" = 1 ]; then
-  step tests 150 bash -c run_tests &
+  step tests 120 bash -c run_tests &
   if command -v compute-sanitizer >/dev/null; then
     (step memcheck 100 bash -c 'sanitize memcheck'; step racecheck 100 bash -c 'sanitize racecheck') &
   else
@@ -254,14 +254,14 @@ else
 fi
 
 if [ "$GPU" = 1 ]; then
-  step bench-cs 90 bash -c 'bench_ops cs-b8-c256'
+  step bench-cs 120 bash -c 'bench_ops cs-b8-c256'
 else
   step bench-cs 90 bash -c 'bench_ops tiny'
 fi
 step step-share 75 bash -c bench_step_share
 step main-job 120 bash -c 'TINY_TRAIN=($TINY_TRAIN_FLAGS); main_job'
 if [ "$GPU" = 1 ]; then
-  step bench-voc 75 bash -c 'bench_ops voc-b8-c256'
+  step bench-voc 120 bash -c 'bench_ops voc-b8-c256'
 else
   skip bench-voc "$NO_GPU: the dry run's bench-cs covers the tiny set"
 fi
