@@ -268,71 +268,8 @@ fi
 
 # --- summary -----------------------------------------------------------------------------------------
 
-"$PY" - "$OUTDIR" "$GPU" "$BUDGET" "$(($(date +%s) - STARTED))" <<'EOF' || echo "gpu_check: summary.md could not be written" >&2
-import json, re, sys
-from pathlib import Path
-
-out, gpu, budget, total = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3], sys.argv[4]
-
-
-def tail_match(name, pattern):
-    """The last line of OUTDIR/name matching pattern, or ''."""
-    path = out / name
-    if not path.exists():
-        return ""
-    lines = [line for line in path.read_text(errors="replace").splitlines() if re.search(pattern, line)]
-    return lines[-1].strip() if lines else ""
-
-
-order = []
-rows = {}
-for line in (out / "steps.tsv").read_text().splitlines():
-    name, status, seconds, limit, note = line.split("\t")
-    order.append(name)
-    rows[name] = (status, seconds, limit, note)
-found = {
-    "tests": tail_match("tests.log", r"\d+ (passed|failed)|error"),
-    "memcheck": tail_match("memcheck.log", r"ERROR SUMMARY|gpu_sanitize_ops:"),
-    "racecheck": tail_match("racecheck.log", r"RACECHECK SUMMARY|ERROR SUMMARY|gpu_sanitize_ops:"),
-    "ops": tail_match("ops.log", r"gpu_sanitize_ops:"),
-    "backends": tail_match("backends.log", r"not live") or "see backends.json",
-    "torchrun": "; ".join(x for x in (tail_match("torchrun.log", r"ddp probe:"),
-                                      tail_match("torchrun.log", r"resumed from|Error")) if x),
-    "main-job": tail_match("main-job.log", r"student mIoU|Error"),
-}
-results = {"bench-cs": ("bench-cs-b8-c256.json", "bench-tiny.json"), "bench-voc": ("bench-voc-b8-c256.json",),
-           "step-share": ("step-share.json",)}
-for name, files in results.items():
-    for result_file in (out / f for f in files if (out / f).exists()):
-        result = json.loads(result_file.read_text())
-        rows = result["results"] + result["step_share"]
-        failed = sum(r["error"] is not None for r in rows)
-        shares = [f"`{r['provider']}` {100 * r['share_step']:.1f} % (loss alone {100 * r['share_loss']:.1f} %)"
-                  for r in result["step_share"] if r.get("share_step") is not None]
-        found[name] = f"{result_file.name}: {len(rows)} rows, {failed} failed" + (
-            f"; FRKD share of a student step: {', '.join(shares)}" if shares else "")
-summary_path = out / "main-job" / "summary.json"
-if summary_path.exists():
-    s = json.loads(summary_path.read_text())
-    miou = lambda v: "—" if v is None else f"{100 * v:.2f}"
-    found["main-job"] = (f"wall {s['wall_time_s']:.0f} s; teacher mIoU {miou(s.get('teacher_miou'))}, "
-                         f"student mIoU {miou(s.get('student_miou'))}")
-lines = [f"# gpu_check summary ({'GPU run' if gpu else 'dry run, no GPU'})", "",
-         f"Total {total} s of a {budget} s budget. Logs: `<step>.log`; environment: `env.md`.", "",
-         "| step | status | seconds | limit s | note / result |", "|---|---|---|---|---|"]
-for name in order:
-    status, seconds, limit, note = rows[name]
-    detail = "; ".join(x for x in (note, found.get(name, "")) if x).replace("|", "\\|")
-    lines.append(f"| {name} | {status} | {seconds} | {limit} | {detail} |")
-for md in sorted(out.glob("*.md")):
-    if md.name not in ("summary.md", "env.md"):
-        body = [line for line in md.read_text().splitlines()
-                if not line.startswith(("# ", "<!-- bench:"))]  # the file's title and section markers
-        lines += ["", f"## {md.stem}", ""] + body
-counts = {s: sum(r[0] == s for r in rows.values()) for s in ("PASS", "FAIL", "SKIP")}
-lines += ["", f"gpu_check: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped"]
-(out / "summary.md").write_text("\n".join(lines) + "\n")
-EOF
+"$PY" scripts/gpu_check_summary.py "$OUTDIR" --gpu "$GPU" --budget "$BUDGET" --started "$STARTED" \
+  || echo "gpu_check: summary.md could not be written" >&2
 [ -f "$OUTDIR/summary.md" ] && tail -n 1 "$OUTDIR/summary.md"
 echo "[gpu_check] wrote $OUTDIR (summary.md, steps.tsv, *.log)"
 ! grep -q "	FAIL	" "$STEPS"

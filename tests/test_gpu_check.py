@@ -69,3 +69,23 @@ def test_a_failing_step_does_not_stop_the_others(tmp_path):
     result = steps(tmp_path)
     assert [result[name][0] for name in ("env", "backends", "ops")] == ["FAIL", "FAIL", "FAIL"]
     assert result["main-job"][0] == "SKIP" and len(result) == 12  # every later step still had its turn
+
+
+def test_summary_reports_this_runs_results_only(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import gpu_check_summary
+
+    (tmp_path / "steps.tsv").write_text("bench-cs\tPASS\t3\t90\t\nstep-share\tFAIL\t9\t75\texit 1\n"
+                                        "main-job\tSKIP\t0\t-\tbudget of 420s spent\n")
+    step = {"part": "student_step+frkd", "provider": "cuda", "error": None, "share_step": 0.031, "share_loss": 0.02}
+    (tmp_path / "step-share.json").write_text(json.dumps({"results": [], "step_share": [step, {"error": "OOM"}]}))
+    (tmp_path / "step-share.md").write_text("# Performance\n<!-- bench:cuda:begin -->\n| a table |\n")
+    stale = tmp_path / "bench-tiny.json"
+    stale.write_text(json.dumps({"results": [], "step_share": []}))
+    os.utime(stale, (1000, 1000))
+    text = gpu_check_summary.summary(tmp_path, gpu=True, budget=420, started=2000)
+    assert "| bench-cs | PASS | 3 | 90 |  |" in text  # the earlier run's bench-tiny.json is not this run's
+    assert ("| step-share | FAIL | 9 | 75 | exit 1; step-share.json: 2 rows, 1 failed; FRKD share of a student step: "
+            "`cuda` 3.1 % (loss alone 2.0 %) |") in text
+    assert "## step-share\n\n| a table |" in text and "# Performance" not in text
+    assert text.rstrip().endswith("gpu_check: 1 passed, 1 failed, 1 skipped")
