@@ -53,7 +53,7 @@ def _prepare(mode, run, x, diff_or_error):
         fn = mode_fn(mode, run, x)
         fn()  # warm-up of this mode (compiles the backward for ``compile``)
         return fn
-    except Exception as exc:  # a backend not written yet, out of memory, ...: reported in its row
+    except Exception as exc:  # e.g. out of memory: reported in this provider's row, on stderr and in the exit status
         return exc
 
 

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+from . import step_share
 from .providers import PEERS
 
 
@@ -18,6 +19,9 @@ def _num(value, fmt: str, missing: str = "—") -> str:
 
 
 def _dims(d: dict) -> str:
+    if "student_width" in d:  # a training step (bench/step_share.py)
+        return (f"B={d['B']} crop {d['H']}×{d['W']} K={d['K']}, DeepLabV3-ResNet18 student width "
+                f"{d['student_width']}, DeepLabV3-{d['teacher_backbone']} teacher width {d['teacher_width']}")
     return f"B={d['B']} C_t={d['C_t']} C_s={d['C_s']} {d['H']}×{d['W']} K={d['K']}"
 
 
@@ -76,18 +80,21 @@ def markdown(result: dict) -> str:
         f"- Load average (1 min; sampled after each workload) at start / max / end: "
         f"{m['load_start']:.2f} / {m['load_max']:.2f} / {m['load_end']:.2f}",
         "- Shapes: " + "; ".join(f"`{n}` {_dims(d)}" for n, d in m["shapes"].items()),
-        "- GB/s, % copy BW and peak MiB are for forward+backward (forward for `teacher_entropy`); "
-        "× vs peer = peer time / this time, for forward / backward / forward+backward.",
     ]
+    if rows:
+        lines.append("- GB/s, % copy BW and peak MiB are for forward+backward (forward for `teacher_entropy`); "
+                     "× vs peer = peer time / this time, for forward / backward / forward+backward.")
     if off:
         lines.append(f"- Providers not run: {'; '.join(off)}")
-    for name, why in m["skipped_workloads"].items():
-        lines.append(f"- Workload `{name}` skipped: {why}")
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     for name in workloads:
         mine = [r for r in rows if r["workload"] == name]
         peers = [p for p in PEERS if any(p in r["speedup_vs"] for r in mine)]
         lines += ["", f"**{name}**: {m['workloads'][name]}", ""] + _table(mine, peers)
+    if result.get("step_share"):
+        lines += ["", f"**{step_share.NAME}**: {m['workloads'][step_share.NAME]}; median [p20, p80] ms; "
+                      "share = (step + FRKD − step) / step, and FRKD loss alone / step", ""]
+        lines += step_share.markdown(result["step_share"])
     return "\n".join(lines) + "\n"
 
 

@@ -32,11 +32,12 @@ def _summary(times_ms: list[float]) -> Timing:
     return Timing(*(times[round(q * (len(times) - 1))] for q in QUANTILES))
 
 
-def time_all(fns: dict, device: torch.device, leaves, *, warmup: int, repeats: int) -> dict:
+def time_all(fns: dict, device: torch.device, leaves, *, warmup: int, repeats: int, gpu_rep_ms: int = 100) -> dict:
     """{name: Timing, or the exception it raised} for each ``fns[name]()``, in ms; the leaves'
     gradients are cleared before every call.
 
-    GPU: ``triton.testing.do_bench`` per function (L2 flushed between calls; warmup/repeats unused).
+    GPU: ``triton.testing.do_bench`` per function, timing calls for about ``gpu_rep_ms`` ms (L2
+    flushed between calls; warmup/repeats unused).
     CPU: ``warmup`` untimed rounds, then ``repeats`` rounds; each round calls every function once,
     timed with ``time.perf_counter``. Interleaving spreads the load of a shared machine evenly
     over the functions, so their ratios stay fair when the absolute times drift.
@@ -47,7 +48,8 @@ def time_all(fns: dict, device: torch.device, leaves, *, warmup: int, repeats: i
 
         for name, fn in fns.items():
             try:
-                out[name] = Timing(*triton.testing.do_bench(fn, grad_to_none=list(leaves), quantiles=list(QUANTILES)))
+                out[name] = Timing(*triton.testing.do_bench(fn, rep=gpu_rep_ms, grad_to_none=list(leaves),
+                                                            quantiles=list(QUANTILES)))
             except Exception as exc:  # e.g. out of memory: reported in that provider's row
                 out[name] = exc
         return out

@@ -13,11 +13,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from frkd.losses import feature_terms
+
 from . import byte_model, cirkd_loop, inputs, reference_ops
 from .inputs import IGNORE_INDEX
 from .shapes import Shape
 
-INTRA_WEIGHT = INTER_WEIGHT = 20.0  # DESIGN §3 defaults λ_intra, λ_inter (λ_feat = 1)
+INTRA_WEIGHT = INTER_WEIGHT = 20.0  # the FRKD defaults λ_intra, λ_inter (λ_feat = 1), docs/method.md
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,6 @@ class Workload:
     bytes: Callable[[Shape, int, int], tuple[int, int]]  # (shape, feature size, label size) -> (fwd, bwd)
     differentiable: bool = True
     loop_forward: Callable[[dict], tuple] | None = None
-    unavailable: Callable[[], str] = lambda: ""
 
 
 def _sizes(s: Shape):
@@ -113,14 +114,6 @@ def _ifv_bytes(s, f, l):
 
 # --- FRKD feature loss ------------------------------------------------------------------------
 
-try:
-    from frkd.losses.frkd import feature_terms
-    FEATURE_TERMS_MISSING = ""
-except Exception as exc:  # not written yet, or broken: the workload is skipped with this reason
-    feature_terms = None
-    FEATURE_TERMS_MISSING = f"frkd.losses.frkd.feature_terms is not importable: {exc!r}"
-
-
 def _frkd_inputs(s, device, dtype):
     x = _pair_inputs(s, device, dtype)
     phi = torch.randn(s.C_t, s.C_s, 1, 1, generator=inputs.generator(5)) / s.C_s ** 0.5
@@ -130,7 +123,7 @@ def _frkd_inputs(s, device, dtype):
 
 
 def _frkd_forward(ops, x):
-    """λ_feat·L_feat + λ_intra·L_intra + λ_inter·L_inter of φ(F_S) against F_T (DESIGN §3 steps 1-6)."""
+    """λ_feat·L_feat + λ_intra·L_intra + λ_inter·L_inter of φ(F_S) against F_T (docs/method.md)."""
     f_s = F.conv2d(x["f_s"], x["phi"])
     terms = feature_terms(f_s, x["f_t"], x["z_t"], x["labels"], num_classes=x["K"], ignore_index=IGNORE_INDEX, ops=ops)
     return (terms["feat"] + INTRA_WEIGHT * terms["intra"] + INTER_WEIGHT * terms["inter"],)
@@ -163,5 +156,5 @@ WORKLOADS = {w.name: w for w in (
     Workload("ifv", "IFV term: pool + intra map for teacher (no grad) and student, MSE over B·H·W",
              _pair_inputs, _ifv_forward, _ifv_bytes, loop_forward=_ifv_loop),
     Workload("frkd_loss", "FRKD feature loss: φ (1×1 conv C_s→C_t) + feature_terms (feat + 20·intra + 20·inter)",
-             _frkd_inputs, _frkd_forward, _frkd_bytes, unavailable=lambda: FEATURE_TERMS_MISSING),
+             _frkd_inputs, _frkd_forward, _frkd_bytes),
 )}

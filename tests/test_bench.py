@@ -1,5 +1,6 @@
 """Smoke test of the benchmark suite (bench/): one tiny CPU run, checking the JSON and markdown it
-writes. Not a timed test: only the presence and consistency of the fields are checked."""
+writes, and where runs write by default. Not a timed test: only the presence and consistency of
+the fields are checked."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench import run as bench_run
+from bench import step_share
 from bench.measure import MODES
 from bench.workloads import WORKLOADS
 
@@ -31,7 +33,6 @@ def tiny_run(tmp_path_factory):
 
 def test_every_workload_provider_and_mode_has_a_row(tiny_run):
     result, _ = tiny_run
-    assert result["meta"]["skipped_workloads"] == {}
     seen = {(r["workload"], r["provider"], r["mode"]) for r in result["results"]}
     for name, workload in WORKLOADS.items():
         modes = MODES if workload.differentiable else ("forward",)
@@ -46,6 +47,7 @@ def test_rows_are_complete_and_consistent(tiny_run):
     for key in ("command", "device_name", "torch", "triton", "commit", "timer", "copy_bandwidth_gb_per_s"):
         assert meta[key], key
     assert meta["device"] == "cpu" and meta["copy_bandwidth_gb_per_s"] > 0
+    assert set(meta["workloads"]) == set(WORKLOADS) | {step_share.NAME}
     for r in result["results"]:
         assert r["error"] is None, r
         assert 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
@@ -76,6 +78,91 @@ def test_markdown_section_is_rewritten_and_the_rest_kept(tiny_run):
         assert f"**{name}**: {WORKLOADS[name].description}" in text
     table_rows = [line for line in text.splitlines() if line.startswith("| tiny | `")]
     assert len(table_rows) == len(WORKLOADS) * (len(PROVIDERS) - 1) + 1  # the loop runs the IFV term only
+
+
+def test_step_share_times_every_part_and_derives_the_shares(tiny_run):
+    result, text = tiny_run
+    rows = {(r["part"], r["provider"]): r for r in result["step_share"]}
+    # the step share runs the FRKD loss on the frkd backends asked for; peers do not apply
+    assert set(rows) == {("teacher_forward", None), ("student_step", None), ("student_step+frkd", "torch"),
+                         ("frkd_loss", "torch")}
+    for r in rows.values():
+        assert r["error"] is None, r
+        assert r["shape"] == "step-tiny" and 0 < r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+    step, frkd, loss = rows[("student_step", None)], rows[("student_step+frkd", "torch")], rows[("frkd_loss", "torch")]
+    assert frkd["share_step"] == pytest.approx((frkd["median_ms"] - step["median_ms"]) / step["median_ms"])
+    assert frkd["share_loss"] == pytest.approx(loss["median_ms"] / step["median_ms"])
+    assert loss["loss_value"] > 0  # the FRKD loss was computed (finite, positive)
+    assert f"**{step_share.NAME}**" in text
+    assert any(line.startswith("| step-tiny | `torch` |") for line in text.splitlines())
+
+
+def test_share_is_none_without_a_plain_step():
+    rows = [{"part": "student_step+frkd", "provider": "cpu", "median_ms": 2.0},
+            {"part": "frkd_loss", "provider": "cpu", "median_ms": 1.0}]
+    step_share.add_shares(rows)
+    assert rows[0]["share_step"] is None and rows[0]["share_loss"] is None
+
+
+def test_a_quick_run_leaves_the_committed_results_alone(tmp_path, monkeypatch):
+    committed = [REPO / "bench" / "results" / "cpu.json", REPO / "docs" / "performance.md"]
+    before = [p.read_bytes() for p in committed]
+    monkeypatch.chdir(tmp_path)
+    argv = ["--device", "cpu", "--quick", "--shapes", "tiny", "--ops", "teacher_entropy", "--providers", "torch",
+            "--warmup", "0"]
+    assert bench_run.main(argv) == 0
+    assert json.loads((tmp_path / "runs" / "bench" / "cpu-quick.json").read_text())["results"]
+    assert [p.read_bytes() for p in committed] == before
+
+
+def test_only_record_or_named_paths_write_committed_files():
+    def paths(*argv):
+        return bench_run.output_paths(bench_run.parse_args(["--device", "cpu", *argv]))
+
+    assert paths() == (Path("runs/bench/cpu.json"), None)
+    assert paths("--threads", "1") == (Path("runs/bench/cpu-1t.json"), None)
+    assert paths("--record") == (REPO / "bench" / "results" / "cpu.json", REPO / "docs" / "performance.md")
+    assert paths("--record", "--threads", "1")[0] == REPO / "bench" / "results" / "cpu-1t.json"
+    assert paths("--out", "a.json", "--markdown", "b.md") == (Path("a.json"), Path("b.md"))
+
+
+@pytest.mark.parametrize("partial", [["--quick"], ["--shapes", "tiny"], ["--ops", "ifv"], ["--section", "x"]])
+def test_record_refuses_a_partial_run(partial, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_run.parse_args(["--device", "cpu", "--record", *partial])
+    assert exit_info.value.code == 2
+    assert f"--record: a record is the full default set; drop {partial[0]}" in capsys.readouterr().err
+
+
+def test_a_partial_run_writes_its_own_section(tmp_path):
+    doc = tmp_path / "perf.md"
+    doc.write_text("<!-- bench:cpu:begin -->\nfull run\n<!-- bench:cpu:end -->\n")
+    argv = ["--device", "cpu", "--shapes", "tiny", "--ops", "teacher_entropy", "--providers", "torch", "--warmup", "0",
+            "--repeats", "1", "--out", str(tmp_path / "r.json"), "--markdown", str(doc), "--section", "cpu-part"]
+    assert bench_run.main(argv) == 0
+    text = doc.read_text()
+    assert "full run" in text and text.count("<!-- bench:cpu-part:begin -->") == 1
+    assert "**teacher_entropy**" in text.split("<!-- bench:cpu-part:begin -->")[1]
+
+
+def test_a_failing_provider_is_reported_and_fails_the_run(tmp_path, monkeypatch, capsys):
+    from frkd_kernels import _backend, reference
+
+    original = reference.teacher_entropy
+
+    def broken_under_the_torch_backend(*args):  # eager calls the same function without use_backend
+        if _backend.forced_backend() == "torch":
+            raise RuntimeError("planted failure")
+        return original(*args)
+
+    monkeypatch.setattr(reference, "teacher_entropy", broken_under_the_torch_backend)
+    out = tmp_path / "r.json"
+    argv = ["--device", "cpu", "--shapes", "tiny", "--ops", "teacher_entropy", "--providers", "torch", "eager",
+            "--warmup", "0", "--repeats", "1", "--out", str(out)]
+    assert bench_run.main(argv) == 1
+    rows = json.loads(out.read_text())["results"]
+    assert {r["provider"]: r["error"] for r in rows} == {"torch": "RuntimeError: planted failure", "eager": None}
+    assert "FAILED RuntimeError: planted failure" in capsys.readouterr().err
 
 
 def test_script_entry_point_runs():
