@@ -89,10 +89,15 @@ def test_full_run_trains_the_teacher_then_the_student_and_writes_every_output(ru
     num_classes = DATASET_DEFAULTS["synthetic"]["num_classes"]
     assert 0.0 <= summary["student_miou"] <= 1.0 and len(summary["student_per_class_iou"]) == num_classes
     assert summary["config"]["loss"]["method"] == "frkd" and summary["wall_time_s"] > 0
+    from frkd.losses import option_names
+    resolved = summary["config"]["loss"]["resolved"]  # every weight of the run, none left as None
+    assert set(resolved) == set(option_names("frkd")) and resolved["lambda_intra"] == 0.5
+    assert resolved["lambda_kd"] == 1.0 and None not in [v for k, v in resolved.items() if k != "tau"]
 
     last = torch.load(os.path.join(out_dir, "last.pt"), weights_only=False)
     assert last["iteration"] == 4 and last["phase"] == "student"
     assert {"model", "loss", "optimizer", "scaler", "rng", "best_miou", "config", "model_config"} <= set(last)
+    assert last["config"]["loss"]["resolved"] == summary["config"]["loss"]["resolved"]
     assert "phi.weight" in last["loss"]
     assert {"python", "numpy", "torch", "cuda"} <= set(last["rng"][0])
     assert not [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
@@ -234,3 +239,37 @@ def test_a_teacher_phase_stopped_and_resumed_gives_the_same_teacher(run_dir, tmp
     resumed = torch.load(os.path.join(out_dir, "teacher.pt"), weights_only=False)["model"]
     uninterrupted = torch.load(os.path.join(run_dir[0], "teacher.pt"), weights_only=False)["model"]
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_task_loss_upsamples_as_asked_and_ignores_the_ignore_label(align_corners):
+    """CE of the bilinearly upsampled logits over the pixels whose label is not --ignore-label, against a
+    float64 reference written here (bilinear weights by hand, log-softmax by hand)."""
+    from frkd.models import SegOutput
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 7, 9))
+    labels[0, :2] = 9  # the ignore label of this run
+    terms = engine.task_terms(SegOutput(logits.float(), None, logits.float()), labels, ignore_index=9,
+                              align_corners=align_corners)
+
+    def coords(n_out, n_in):
+        i = torch.arange(n_out, dtype=torch.float64)
+        src = i * (n_in - 1) / (n_out - 1) if align_corners else ((i + 0.5) * n_in / n_out - 0.5).clamp(min=0)
+        lo = src.floor().long().clamp(max=n_in - 1)
+        return lo, (lo + 1).clamp(max=n_in - 1), src - lo
+
+    (y0, y1, wy), (x0, x1, wx) = coords(7, 3), coords(9, 4)
+    up = torch.zeros(2, 3, 7, 9, dtype=torch.float64)
+    for i in range(7):
+        for j in range(9):
+            top = logits[:, :, y0[i], x0[j]] * (1 - wx[j]) + logits[:, :, y0[i], x1[j]] * wx[j]
+            bottom = logits[:, :, y1[i], x0[j]] * (1 - wx[j]) + logits[:, :, y1[i], x1[j]] * wx[j]
+            up[:, :, i, j] = top * (1 - wy[i]) + bottom * wy[i]
+    log_p = up - up.exp().sum(1, keepdim=True).log()
+    valid = labels != 9
+    picked = log_p.gather(1, labels.clamp(max=2)[:, None])[:, 0]
+    expected = -(picked[valid]).mean()
+    assert terms["ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert set(terms) == {"ce"}  # no aux logits, no aux term
