@@ -183,7 +183,7 @@ def resolve(config: RunConfig) -> RunConfig:
 
 def flag(name: str) -> str:
     """The CLI flag of a config field."""
-    return {"root": "--data", "teacher_ckpt": "--teacher-pretrained", "options": "--lambda-*"}.get(
+    return {"root": "--data", "teacher_ckpt": "--teacher-pretrained"}.get(
         name, "--" + name.replace("_", "-"))
 
 
@@ -306,8 +306,7 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
     _check_number("width", m.width, low=1)
     _check_number("teacher_width", m.teacher_width, low=1)
     _check_choice("feature_tap", m.feature_tap, FEATURE_TAPS)
-    for name in ("aux", "align_corners", "overwrite"):
-        value = getattr(m, name, None) if name != "overwrite" else r.overwrite
+    for name, value in (("aux", m.aux), ("align_corners", m.align_corners), ("overwrite", r.overwrite)):
         if not isinstance(value, bool):
             raise ConfigError(f"{flag(name)}: expected true or false, got {value!r}")
     for name in ("teacher_ckpt", "teacher_pretrained_base", "student_pretrained_base"):
