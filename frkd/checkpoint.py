@@ -67,7 +67,7 @@ def load(path: str, role: str = "checkpoint", hint: str = "", map_location="cpu"
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # a user's file: pickle, zip and EOF errors all mean "not a readable checkpoint"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{role} {path}: expected a PyTorch checkpoint, found a truncated or foreign file "
                               f"({type(error).__name__}: {reason}){hint}") from error
     if not isinstance(state, dict):
