@@ -4,9 +4,9 @@ One teacher (trained once into <out-dir>/teacher.pt, or --teacher-ckpt) is share
 row (``none``, every distillation method, FRKD ablations) trains the student for the same number of
 iterations once per seed. The seed sets the student's init and data order; the train and val images
 are fixed (``data_seed``). Each (row, seed) run is a child process (so its peak memory is its own)
-that runs ``frkd.pipeline.run`` on the row's ``RunConfig`` (``frkd.benchmark.run_config``); its result
-is appended to <out-dir>/results.jsonl,
-and a rerun skips the finished (row, seed) pairs and resumes an interrupted run from its last.pt.
+that runs ``frkd.pipeline.run`` on the row's ``RunConfig`` (``frkd.benchmark.run_config``, sent as a
+dict); its result is appended to <out-dir>/results.jsonl, and a rerun skips the finished (row, seed)
+pairs and resumes an interrupted run from its last.pt.
 Outputs: results.jsonl, table.md, miou.png, config.json, runs/<row>-s<seed>/ (checkpoints, logs).
 """
 from __future__ import annotations
