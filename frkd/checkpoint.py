@@ -8,6 +8,12 @@ import tempfile
 import numpy as np
 import torch
 
+from .config import ConfigError
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint file that cannot be used (missing, unreadable, truncated, foreign): names the file."""
+
 
 def seed_everything(seed: int) -> None:
     """Seeds python ``random``, numpy's global RNG and torch (CPU and CUDA)."""
@@ -50,16 +56,30 @@ def save_atomic(obj: dict, path: str) -> None:
         raise
 
 
-def load(path: str, map_location="cpu") -> dict:
-    """Loads a checkpoint written by ``save_atomic`` (full pickle: RNG states are numpy/python objects)."""
+def load(path: str, role: str = "checkpoint", hint: str = "", map_location="cpu") -> dict:
+    """Loads a checkpoint written by ``save_atomic`` (full pickle: RNG states are numpy/python objects).
+
+    role: how the user gave the file (a flag such as ``--resume``), named in errors with ``hint``
+    (what to do instead). A missing or unreadable file raises CheckpointError.
+    """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+        raise CheckpointError(f"{role} {path}: expected a checkpoint file, found no such file{hint}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # a user's file: pickle, zip and EOF errors all mean "not a readable checkpoint"
+        reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{role} {path}: expected a PyTorch checkpoint, found a truncated or foreign file "
+                              f"({type(error).__name__}: {reason}){hint}") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{role} {path}: expected a dict (frkd checkpoint or state_dict), "
+                              f"found a {type(state).__name__}{hint}")
+    return state
 
 
-def model_state(checkpoint: dict) -> dict:
+def model_state(checkpoint: dict, path: str = "checkpoint", role: str = "checkpoint") -> dict:
     """The model weights of a frkd checkpoint, or the dict itself when it is a bare state_dict."""
     state = checkpoint.get("model", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("checkpoint holds neither a frkd checkpoint ('model' key) nor a state_dict")
+        raise CheckpointError(f"{role} {path}: expected a frkd checkpoint ('model' key) or a state_dict of "
+                              f"tensors, found keys {', '.join(map(str, list(checkpoint)[:6]))}")
     return {k.removeprefix("module."): v for k, v in state.items()}

@@ -1,34 +1,36 @@
-"""Command-line flags of ``python -m frkd.train`` (CIRKD-compatible names) and per-dataset defaults.
+"""Command-line flags of ``python -m frkd.train`` (CIRKD's names and meanings) -> ``frkd.config.RunConfig``.
 
-A flag left unset takes its dataset's default from ``DATASET_DEFAULTS``; ``resolve_defaults``
-fills them in after parsing, so ``--dataset cityscapes`` alone gives the CIRKD recipe.
+A flag left unset takes the config's default, per dataset from ``frkd.config.DATASET_DEFAULTS``
+(``--help`` prints them), so ``--dataset cityscapes`` alone gives the CIRKD recipe. docs/trainer.md
+lists the flags, the CIRKD flag each mirrors and the outputs.
 """
 from __future__ import annotations
 
 import argparse
-import os
 
-MODELS = ("deeplabv3", "pspnet")
-BACKBONES = ("resnet18", "resnet50", "resnet101")
+from .config import (AMP_CHOICES, BACKBONES, DATASET_DEFAULTS, DATASETS, EVAL_MODES, FEATURE_TAPS, FIELD_SECTION,
+                     MODELS, RunConfig, resolve)
+from .losses.cli import SWITCH_FLAGS, VALUE_FLAGS
 
-# Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md: 4 classes, a width-16
-# ResNet-50 teacher, a width-8 ResNet-18 student; ≈ 2 min of single-thread CPU time),
-# on one intra-op thread: its tiny convolutions gain little from threads, and on a busy shared CPU
-# two spinning OpenMP threads cost ~50x the CPU time of one. Real datasets: CIRKD's recipes.
-DATASET_DEFAULTS = {
-    "synthetic": dict(crop_size=(64, 64), batch_size=8, max_iterations=200, teacher_iterations=800, lr=0.02,
-                      width=8, teacher_width=16, teacher_backbone="resnet50", num_classes=4, val_per_iters=100,
-                      save_per_iters=100, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
-                      threads=1),
-    "cityscapes": dict(crop_size=(512, 1024), batch_size=16, max_iterations=40000, teacher_iterations=40000,
-                       lr=0.02, width=64, teacher_width=64, teacher_backbone="resnet101", val_per_iters=4000,
-                       save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole",
-                       threads=0),
-    "voc": dict(crop_size=(512, 512), batch_size=16, max_iterations=40000, teacher_iterations=40000, lr=0.01,
-                width=64, teacher_width=64, teacher_backbone="resnet101", val_per_iters=4000,
-                save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole",
-                threads=0),
-}
+# argparse dest -> config field, where the names differ
+DEST_FIELDS = {"data": "root", "teacher_pretrained": "teacher_ckpt"}
+NOT_CONFIG = {"local_rank", "debug"}
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def dataset_default(field: str) -> str:
+    """'default: X' or 'default: synthetic X, cityscapes Y, voc Z' from DATASET_DEFAULTS."""
+    shown = {name: _show(DATASET_DEFAULTS[name][field]) for name in DATASETS}
+    if len(set(shown.values())) == 1:
+        return f"default: {shown[DATASETS[0]]}"
+    return "default: " + ", ".join(f"{name} {value}" for name, value in shown.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,77 +38,117 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python -m frkd.train",
-        description="Train a teacher (unless --teacher-ckpt) then distil it into a student with FRKD "
-                    "or a baseline. Unset flags take per-dataset defaults (see frkd/cli.py).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Train a teacher (unless --teacher-pretrained) then distil it into a student with FRKD or a "
+                    "baseline. Flags mirror CIRKD's train_*.py where CIRKD has one (noted as 'CIRKD --x'); "
+                    "unset flags take per-dataset defaults. docs/trainer.md has the details.")
+    d = dataset_default
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", choices=sorted(DATASET_DEFAULTS))
-    g.add_argument("--data-root", default=None, help="dataset folder (not needed for synthetic)")
+    g.add_argument("--dataset", default=None, choices=DATASETS, help="CIRKD --dataset (default: synthetic)")
+    g.add_argument("--data", "--data-root", dest="data", default=None, metavar="DIR",
+                   help="dataset folder, CIRKD --data (not needed for synthetic)")
     g.add_argument("--num-classes", type=int, default=None,
-                   help="classes of the synthetic dataset (cityscapes: 19, voc: 21, fixed)")
-    g.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    g.add_argument("--workers", type=int, default=None, help="data loader worker processes per rank")
+                   help=f"classes; settable for synthetic only ({d('num_classes')})")
+    g.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help=f"training crop, CIRKD --crop-size ({d('crop_size')})")
+    g.add_argument("--workers", type=int, default=None,
+                   help=f"data loader processes per rank, CIRKD --workers ({d('workers')})")
+    g.add_argument("--ignore-label", type=int, default=None,
+                   help="label of ignored pixels in CE, losses and evaluation, CIRKD --ignore-label (default: 255; "
+                        "the built-in datasets mark ignored pixels 255)")
     g = p.add_argument_group("models")
-    g.add_argument("--teacher-model", default="deeplabv3", choices=MODELS)
-    g.add_argument("--teacher-backbone", default=None, choices=BACKBONES)
-    g.add_argument("--student-model", default="deeplabv3", choices=MODELS)
-    g.add_argument("--student-backbone", default="resnet18", choices=BACKBONES)
-    g.add_argument("--width", type=int, default=None, help="student stem width (64 = torchvision sizes)")
-    g.add_argument("--teacher-width", type=int, default=None, help="teacher stem width")
-    g.add_argument("--teacher-ckpt", default=None, help="trained teacher (frkd checkpoint or state_dict)")
-    g.add_argument("--teacher-pretrained", default=None, help="ImageNet .pth for the teacher backbone")
-    g.add_argument("--student-pretrained", default=None, help="ImageNet .pth for the student backbone")
+    g.add_argument("--student-model", default=None, choices=MODELS, help="CIRKD --student-model (default: deeplabv3)")
+    g.add_argument("--student-backbone", default=None, choices=BACKBONES,
+                   help="CIRKD --student-backbone (default: resnet18)")
+    g.add_argument("--width", type=int, default=None, help=f"student stem width, 64 = torchvision ({d('width')})")
+    g.add_argument("--teacher-model", default=None, choices=MODELS, help="CIRKD --teacher-model (default: deeplabv3)")
+    g.add_argument("--teacher-backbone", default=None, choices=BACKBONES,
+                   help=f"CIRKD --teacher-backbone ({d('teacher_backbone')})")
+    g.add_argument("--teacher-width", type=int, default=None, help=f"teacher stem width ({d('teacher_width')})")
+    g.add_argument("--teacher-pretrained", "--teacher-ckpt", dest="teacher_pretrained", default=None, metavar="FILE",
+                   help="the trained segmentation teacher (frkd checkpoint or state_dict), CIRKD "
+                        "--teacher-pretrained (default: train one first, cached as <out-dir>/teacher.pt)")
+    g.add_argument("--teacher-pretrained-base", default=None, metavar="FILE",
+                   help="ImageNet ResNet .pth for the backbone of a teacher trained here, CIRKD "
+                        "--teacher-pretrained-base (default: none)")
+    g.add_argument("--student-pretrained-base", default=None, metavar="FILE",
+                   help="ImageNet ResNet .pth for the student backbone, CIRKD --student-pretrained-base "
+                        "(default: none)")
     g.add_argument("--teacher-iterations", type=int, default=None,
-                   help="iterations of the teacher phase when no --teacher-ckpt is given")
-    add_loss_args(p)  # --method and the loss flags
+                   help=f"iterations of the teacher phase without --teacher-pretrained ({d('teacher_iterations')})")
+    g.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None,
+                   help="auxiliary FCN head on layer3 with 0.4·CE, CIRKD --aux (default: on)")
+    g.add_argument("--align-corners", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"align_corners when upsampling logits to the labels in CE and evaluation; CIRKD uses on "
+                        f"({d('align_corners')})")
+    g.add_argument("--feature-tap", default=None, choices=FEATURE_TAPS,
+                   help=f"head feature given to the losses: before or after its Dropout(0.1); CIRKD taps after "
+                        f"({d('feature_tap')})")
+    add_loss_args(p)  # --method and the loss flags (frkd.losses.cli)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=None, help="global batch (divided over ranks)")
-    g.add_argument("--max-iterations", type=int, default=None)
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1e-4)
-    g.add_argument("--power", type=float, default=0.9, help="poly LR power")
-    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
+    g.add_argument("--batch-size", type=int, default=None,
+                   help=f"global batch, divided over ranks, CIRKD --batch-size ({d('batch_size')})")
+    g.add_argument("--max-iterations", type=int, default=None,
+                   help=f"student iterations, CIRKD --max-iterations ({d('max_iterations')})")
+    g.add_argument("--lr", type=float, default=None, help=f"SGD base LR, CIRKD --lr ({d('lr')})")
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default: 0.9)")
+    g.add_argument("--weight-decay", type=float, default=None, help="SGD weight decay (default: 0.0001)")
+    g.add_argument("--power", type=float, default=None, help="poly LR power (default: 0.9)")
+    g.add_argument("--amp", default=None, choices=AMP_CHOICES, help="mixed precision (default: none)")
+    g.add_argument("--lr-d", type=float, default=None,
+                   help="Adam LR of an adversarial loss's discriminator, CIRKD --lr-d (default: 0.0004)")
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--threads", type=int, default=None, help="CPU intra-op threads per process (0: torch's default)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out-dir", default=None, help="default: runs/<dataset>-<student>-<method>")
-    g.add_argument("--resume", default=None, help="a last.pt path, or 'auto' for <out-dir>/last.pt")
-    g.add_argument("--val-per-iters", type=int, default=None)
-    g.add_argument("--save-per-iters", type=int, default=None)
-    g.add_argument("--log-per-iters", type=int, default=None)
-    g.add_argument("--val-batch-size", type=int, default=None, help="per rank")
-    g.add_argument("--eval-mode", default=None, choices=("whole", "slide"))
+    g.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    g.add_argument("--threads", type=int, default=None,
+                   help=f"CPU intra-op threads per process, 0 = torch's choice ({d('threads')})")
+    g.add_argument("--seed", type=int, default=None, help="student init and data order (default: 0)")
+    g.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="outputs, like CIRKD --save-dir (default: runs/<dataset>-<student model>-<backbone>-<method>)")
+    g.add_argument("--resume", default=None, metavar="FILE|auto",
+                   help="continue from a checkpoint (last.pt or best.pt), or 'auto' for <out-dir>/last.pt when it "
+                        "exists; needed to reuse an --out-dir that holds a run")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out-dir (its metrics, summary, checkpoints, plots; a cached "
+                        "teacher.pt is kept and reused)")
+    g.add_argument("--val-per-iters", type=int, default=None,
+                   help=f"validate every N iterations, CIRKD --val-per-iters ({d('val_per_iters')})")
+    g.add_argument("--save-per-iters", type=int, default=None,
+                   help=f"write last.pt every N iterations, CIRKD --save-per-iters ({d('save_per_iters')})")
+    g.add_argument("--log-per-iters", type=int, default=None,
+                   help=f"one metrics.jsonl record per N iterations, CIRKD --log-iter ({d('log_per_iters')})")
+    g.add_argument("--val-batch-size", type=int, default=None, help=f"per rank ({d('val_batch_size')})")
+    g.add_argument("--eval-mode", default=None, choices=EVAL_MODES, help=f"validation inference ({d('eval_mode')})")
     g.add_argument("--stop-at-iteration", type=int, default=None,
-                   help="save last.pt and exit after this many iterations, as on Ctrl-C "
-                        "(time-sliced jobs); continue with --resume auto")
-    g.add_argument("--local-rank", "--local_rank", type=int, default=0,
-                   help="ignored: torchrun's LOCAL_RANK environment variable is used")
+                   help="save last.pt and exit after this many iterations, as on Ctrl-C (time-sliced jobs); "
+                        "continue with --resume auto (default: never)")
+    g.add_argument("--debug", action="store_true", help="show the traceback of a user error")
+    g.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
-def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fills unset flags from DATASET_DEFAULTS and checks the combination; returns args."""
-    for key, value in DATASET_DEFAULTS[args.dataset].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.crop_size = tuple(args.crop_size)
-    if args.dataset != "synthetic" and not args.data_root:
-        raise SystemExit(f"--data-root is required for --dataset {args.dataset}")
-    if args.dataset != "synthetic" and args.num_classes is not None:
-        raise SystemExit(f"--num-classes applies to --dataset synthetic only ({args.dataset} has a fixed class list)")
-    for name in ("batch_size", "max_iterations", "teacher_iterations", "val_per_iters", "save_per_iters",
-                 "log_per_iters", "width", "teacher_width", "val_batch_size"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if min(args.crop_size) < 1:
-        raise SystemExit(f"--crop-size must be positive, got {args.crop_size}")
-    if args.out_dir is None:
-        args.out_dir = os.path.join("runs", f"{args.dataset}-{args.student_model}-{args.student_backbone}-"
-                                            f"{args.method}")
-    return args
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The resolved (not yet validated) config of parsed flags; unset flags keep the config's defaults."""
+    from .config import ConfigError
+    from .losses import loss_options
+
+    loss_dests = {f[1] for f in VALUE_FLAGS} | {f[1] for f in SWITCH_FLAGS}
+    fields = {}
+    for dest, value in vars(args).items():
+        if value is None or dest in NOT_CONFIG or dest in loss_dests:
+            continue
+        name = DEST_FIELDS.get(dest, dest)
+        if name not in FIELD_SECTION:
+            raise AssertionError(f"flag dest {dest!r} has no config field")
+        fields[name] = tuple(value) if name == "crop_size" else value
+    # the options the user set (over the recipe's defaults, resolved later per dataset)
+    set_flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "dataset"})
+    try:
+        fields["options"] = loss_options(set_flags)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return resolve(RunConfig().replace(**fields))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return resolve_defaults(build_parser().parse_args(argv))
+def parse_config(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """(resolved config, parsed flags) of a command line; argparse errors exit with code 2."""
+    args = build_parser().parse_args(argv)
+    return config_from_args(args), args

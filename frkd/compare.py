@@ -4,8 +4,9 @@ One teacher (trained once into <out-dir>/teacher.pt, or --teacher-ckpt) is share
 row (``none``, every distillation method, FRKD ablations) trains the student for the same number of
 iterations once per seed. The seed sets the student's init and data order; the train and val images
 are fixed (``data_seed``). Each (row, seed) run is a child process (so its peak memory is its own)
-that reuses the trainer (``frkd.engine.Trainer``); its result is appended to <out-dir>/results.jsonl,
-and a rerun skips the finished (row, seed) pairs and resumes an interrupted run from its last.pt.
+that runs ``frkd.pipeline.run`` on the row's ``RunConfig`` (``frkd.benchmark.run_config``, sent as a
+dict); its result is appended to <out-dir>/results.jsonl, and a rerun skips the finished (row, seed)
+pairs and resumes an interrupted run from its last.pt.
 Outputs: results.jsonl, table.md, miou.png, config.json, runs/<row>-s<seed>/ (checkpoints, logs).
 """
 from __future__ import annotations
@@ -19,21 +20,9 @@ import signal
 import sys
 import time
 
-BENCHMARK = dict(  # sized on tuning seeds so that 3 seeds × 12 rows run in < 3 h on 2 CPU cores (docs/method.md)
-    num_classes=4, crop_size=[64, 64], train_length=1000, val_length=100, data_seed=0,
-    teacher_backbone="resnet50", teacher_width=16, teacher_iterations=800,
-    student_backbone="resnet18", width=8, iterations=200, batch_size=8, lr=0.02)
-QUICK = dict(BENCHMARK, teacher_iterations=150, iterations=40)
-# FRKD's relation weights for this benchmark, tuned on seeds 100 and 101 (docs/method.md); the loss defaults
-# (λ_intra = λ_inter = 20, CIRKD's scale for full-size students) swamp the task loss of a width-8 student.
-TUNED_FRKD_FLAGS = "--lambda-intra 0.5 --lambda-inter 0.5"
-ABLATIONS = {  # row name -> FRKD flags switching one part off
-    "frkd-no-pseudo-filter": ["--no-pseudo-filter"],
-    "frkd-no-fgbg": ["--no-fgbg"],
-    "frkd-no-coord-mask": ["--no-coord-mask"],
-    "frkd-no-intra": ["--lambda-intra", "0"],
-    "frkd-no-inter": ["--lambda-inter", "0"],
-}
+from .benchmark import ABLATIONS, BENCHMARK, QUICK, TUNED_FRKD_FLAGS, options_from_flags, run_config, teacher_config
+from .config import ConfigError, RunConfig, check_device
+
 SIZE_FLAGS = ("num_classes", "iterations", "teacher_iterations", "width", "teacher_width", "teacher_backbone",
               "batch_size")
 
@@ -103,28 +92,13 @@ def table_rows(methods: list[str], ablations: bool, frkd_flags: list[str],
     return rows
 
 
-def benchmark_datasets(config: dict):
-    """(train, val) synthetic datasets; their images depend on config['data_seed'] only."""
-    from .data import build_dataset
-
-    common = dict(crop_size=tuple(config["crop_size"]), seed=config["data_seed"], num_classes=config["num_classes"])
-    return (build_dataset("synthetic", None, "train", train=True, length=config["train_length"], **common),
-            build_dataset("synthetic", None, "val", train=False, length=config["val_length"], **common))
-
-
-def train_argv(config: dict, *, method: str, flags: list[str], seed: int, out_dir: str, device: str,
-               teacher_ckpt: str | None) -> list[str]:
-    """``frkd.train`` flags for one run, so that it takes the trainer's defaults and checks."""
-    iterations = config["iterations"]
-    argv = ["--dataset", "synthetic", "--method", method, *flags, "--seed", str(seed),
-            "--crop-size", *map(str, config["crop_size"]), "--batch-size", str(config["batch_size"]),
-            "--lr", str(config["lr"]), "--max-iterations", str(iterations),
-            "--teacher-iterations", str(config["teacher_iterations"]), "--student-backbone", config["student_backbone"],
-            "--width", str(config["width"]), "--teacher-backbone", config["teacher_backbone"],
-            "--teacher-width", str(config["teacher_width"]), "--val-per-iters", str(iterations),
-            "--save-per-iters", str(max(1, iterations // 4)), "--log-per-iters", str(max(1, min(10, iterations))),
-            "--workers", "0", "--device", device, "--out-dir", out_dir, "--resume", "auto"]
-    return argv + (["--teacher-ckpt", teacher_ckpt] if teacher_ckpt else [])
+def check_row_flags(rows) -> None:
+    """Every row's loss flags parse for its method (before any work); SystemExit naming the row otherwise."""
+    for name, method, flags in rows:
+        try:
+            options_from_flags(method, flags)
+        except ValueError as error:
+            raise SystemExit(f"frkd.compare: error: row {name} ({' '.join(flags)}): {error}") from None
 
 
 def set_threads(threads: int | None) -> None:
@@ -154,40 +128,30 @@ def seconds_per_iteration(metrics_path: str, phase: str = "student") -> float | 
     return 1.0 / rates[-1] if rates else None
 
 
-def train_student(job: dict) -> dict:
-    """Trains one (row, seed) student with the trainer; returns its result record."""
+def train_student(config: RunConfig) -> dict:
+    """Trains one (row, seed) student with ``frkd.pipeline.run``; returns its result record."""
     import torch
 
-    from .cli import parse_args
-    from .distributed import init_distributed
-    from .run_log import MetricsLog
-    from .train import load_teacher, model_config, resume_path, run_phase, student_trainer
+    from .pipeline import run
 
-    args = parse_args(job["argv"])
-    env = init_distributed(args.device)
-    train_set, val_set = benchmark_datasets(job["config"])
-    num_classes = train_set.num_classes
-    teacher = None
-    if args.method != "none":
-        expected = model_config(args.teacher_model, args.teacher_backbone, num_classes, args.teacher_width)
-        teacher, _, _, _ = load_teacher(args, env, args.teacher_ckpt, expected)
-    cuda = env.device.type == "cuda"
+    cuda = torch.cuda.is_available() and config.runtime.device != "cpu"
     if cuda:
-        torch.cuda.reset_peak_memory_stats(env.device)
+        torch.cuda.reset_peak_memory_stats()
     rss_before = proc_status_mb("VmRSS")
     started = time.time()
-    trainer = student_trainer(args, env, train_set, val_set, num_classes, teacher, MetricsLog(args.out_dir))
-    result = run_phase(trainer, env, resume_path(args, args.out_dir))
+    summary = run(config)
     if cuda:
-        peak, kind = torch.cuda.max_memory_allocated(env.device) / 2**20, "cuda_max_allocated"
+        peak, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda_max_allocated"
     else:
         hwm = proc_status_mb("VmHWM")
         peak = hwm - rss_before if hwm is not None and rss_before is not None else None
         kind = "cpu_rss_delta"
-    return {"miou": result["miou"], "pixel_acc": result["pixel_acc"], "per_class_iou": result["per_class_iou"],
-            "best_miou": trainer.best_miou, "iterations": trainer.iteration,
-            "s_per_iter": seconds_per_iteration(os.path.join(args.out_dir, "metrics.jsonl")),
-            "peak_mem_mb": peak, "peak_mem_kind": kind, "wall_s": time.time() - started, "device": str(env.device)}
+    return {"miou": summary["student_miou"], "pixel_acc": summary["student_pixel_acc"],
+            "per_class_iou": summary["student_per_class_iou"], "best_miou": summary["student_best_miou"],
+            "iterations": summary["iterations"],
+            "s_per_iter": seconds_per_iteration(os.path.join(config.runtime.out_dir, "metrics.jsonl")),
+            "peak_mem_mb": peak, "peak_mem_kind": kind, "wall_s": time.time() - started,
+            "device": config.runtime.device}
 
 
 def _child_main(job: dict, result_path: str) -> None:
@@ -196,7 +160,7 @@ def _child_main(job: dict, result_path: str) -> None:
     log = open(os.path.join(job["run_dir"], "train.log"), "a", buffering=1)
     sys.stdout = sys.stderr = log
     set_threads(job["threads"])
-    record = train_student(job)
+    record = train_student(RunConfig.from_dict(job["config"]))
     with open(result_path + ".tmp", "w") as f:
         json.dump(record, f)
     os.replace(result_path + ".tmp", result_path)
@@ -237,28 +201,23 @@ def check_config(out_dir: str, config: dict) -> None:
         json.dump(config, f, indent=2)
 
 
-def obtain_teacher(config: dict, out_dir: str, device: str) -> dict:
+def obtain_teacher(config: dict, out_dir: str, device: str, threads: int | None) -> dict:
     """Trains (or reuses, or loads) the shared teacher; returns {"name", "path", "miou"}."""
-    from .cli import parse_args
     from .distributed import init_distributed
-    from .inference import evaluate
+    from .engine import evaluate_model
+    from .pipeline import build_datasets, load_given_teacher, prepare, train_teacher
     from .run_log import MetricsLog
-    from .train import obtain_teacher as train_or_load_teacher
 
-    argv = train_argv(config, method="kd", flags=[], seed=config["data_seed"], out_dir=out_dir, device=device,
-                      teacher_ckpt=config["teacher_ckpt"])
-    args = parse_args(argv + ["--val-per-iters", str(config["teacher_iterations"]),
-                              "--save-per-iters", str(max(1, config["teacher_iterations"] // 4))])
-    env = init_distributed(args.device)
-    train_set, val_set = benchmark_datasets(config)
-    teacher, model, miou, _ = train_or_load_teacher(args, env, train_set, val_set, train_set.num_classes,
-                                                    MetricsLog(out_dir))
-    if miou is None:  # a foreign checkpoint: measure it on the fixed val set
-        from torch.utils.data import DataLoader
-        miou = evaluate(teacher.to(env.device).eval(), DataLoader(val_set, batch_size=8), train_set.num_classes,
-                        env.device)["miou"]
+    run = prepare(teacher_config(config, out_dir=out_dir, device=device, teacher_ckpt=config["teacher_ckpt"],
+                                 threads=threads))
+    env = init_distributed(run.runtime.device)
+    train_set, val_set = build_datasets(run)
+    teacher = load_given_teacher(run) or train_teacher(run, env, train_set, val_set, MetricsLog(out_dir))
+    if teacher.miou is None:  # a foreign checkpoint: measure it on the fixed val set
+        teacher.miou = evaluate_model(teacher.model.to(env.device), val_set, run, env)["miou"]
     path = config["teacher_ckpt"] or os.path.join(out_dir, "teacher.pt")
-    return {"name": f"{model['arch']}-{model['backbone']} (width {model['width']})", "path": path, "miou": miou}
+    mc = teacher.config
+    return {"name": f"{mc['arch']}-{mc['backbone']} (width {mc['width']})", "path": path, "miou": teacher.miou}
 
 
 def write_report(out_dir: str, results_path: str, rows, teacher: dict, config: dict) -> str:
@@ -286,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if _in_main_thread() else None
     try:
         return compare(args)
+    except ConfigError as error:
+        print(f"frkd.compare: error: {error}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, TrainingStopped):
         print(f"frkd.compare: stopped; finished runs are kept in {os.path.join(args.out_dir, 'results.jsonl')}, "
               "an interrupted one in its last.pt: rerun the same command to continue", file=sys.stderr)
@@ -312,10 +274,12 @@ def compare(args) -> int:
                       config.get("baseline_flags"))
     os.makedirs(args.out_dir, exist_ok=True)
     check_config(args.out_dir, config)
+    check_row_flags(rows)
+    check_device(args.device)
     set_threads(args.threads)
     device = str(resolve_device(args.device))
     print(f"frkd.compare: {len(rows)} rows × seeds {seeds} on {device}; out {args.out_dir}", flush=True)
-    teacher = {**obtain_teacher(config, args.out_dir, device), "device": device}
+    teacher = {**obtain_teacher(config, args.out_dir, device, args.threads), "device": device}
     print(f"teacher {teacher['name']}: mIoU {100 * teacher['miou']:.2f} ({teacher['path']})", flush=True)
     results_path = os.path.join(args.out_dir, "results.jsonl")
     done = {(r["row"], r["seed"]) for r in read_results(results_path)}
@@ -325,9 +289,10 @@ def compare(args) -> int:
             if (name, seed) in done:
                 continue
             run_dir = os.path.join(args.out_dir, "runs", f"{name}-s{seed}")
-            job = {"config": config, "run_dir": run_dir, "threads": args.threads,
-                   "argv": train_argv(config, method=method, flags=flags, seed=seed, out_dir=run_dir, device=device,
-                                      teacher_ckpt=None if method == "none" else teacher["path"])}
+            run = run_config(config, method=method, options=options_from_flags(method, flags), seed=seed,
+                             out_dir=run_dir, device=device, threads=args.threads,
+                             teacher_ckpt=None if method == "none" else teacher["path"])
+            job = {"config": run.to_dict(), "run_dir": run_dir, "threads": args.threads}
             record = run_in_child(job)
             if record is None:
                 failed.append(f"{name} seed {seed} (see {os.path.join(run_dir, 'train.log')})")

@@ -2,7 +2,10 @@
 
 One iteration: poly LR, student forward (+ frozen teacher forward under no_grad), CE on the
 upsampled logits + 0.4·CE(aux) + the distillation terms, a finite-loss check, backward (with a
-GradScaler for fp16), SGD step. Checkpoints hold everything needed for a bit-exact resume.
+GradScaler for fp16), SGD step; then, when the loss has a discriminator
+(``discriminator_parameters()`` not empty), one Adam step of the discriminator on
+``discriminator_loss(student detached, teacher)``. The student's SGD never updates the
+discriminator. Checkpoints hold everything needed for a bit-exact resume (docs/trainer.md).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import checkpoint
+from .config import RunConfig
 from .distributed import DistEnv, all_reduce_mean, any_rank
 from .inference import evaluate
 from .interrupts import StopSignal, ignore_sigint_in_worker
@@ -29,7 +33,7 @@ from .sampling import IterationBatchSampler, SeededSamples, rank_shard
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUX_WEIGHT = 0.4
-IGNORE_INDEX = 255
+DISCRIMINATOR_BETAS = (0.9, 0.99)  # CIRKD's Adam for the discriminator
 
 
 class NonFiniteLoss(RuntimeError):
@@ -50,13 +54,15 @@ def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float) -
     return base_lr * (1.0 - iteration / max_iterations) ** power
 
 
-def task_terms(out, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """CE of the logits upsampled to the label size (B×H×W, 255 ignored), plus 0.4·CE of the aux logits."""
+def task_terms(out, labels: torch.Tensor, *, ignore_index: int = 255,
+               align_corners: bool = False) -> dict[str, torch.Tensor]:
+    """CE of the logits upsampled to the label size (B×H×W, ``ignore_index`` ignored), plus 0.4·CE of the
+    aux logits."""
     size = labels.shape[-2:]
 
     def ce(logits):
-        up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-        return F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX)
+        up = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=align_corners)
+        return F.cross_entropy(up, labels, ignore_index=ignore_index)
 
     terms = {"ce": ce(out.logits)}
     if out.aux is not None:
@@ -67,44 +73,63 @@ def task_terms(out, labels: torch.Tensor) -> dict[str, torch.Tensor]:
 class StepModule(nn.Module):
     """The trainable part of a step: the model and the distillation loss (its 1×1 conv φ).
 
-    One module so that DDP synchronises the gradients of both with one wrapper.
+    One module so that DDP synchronises the gradients of both with one wrapper (a discriminator of the
+    loss is left out of it: the engine averages its gradients itself).
     """
 
-    def __init__(self, model: nn.Module, distill: nn.Module | None):
+    def __init__(self, model: nn.Module, distill: nn.Module | None, *, ignore_index: int, align_corners: bool):
         super().__init__()
         self.model = model
         self.distill = distill
+        self.ignore_index, self.align_corners = ignore_index, align_corners
 
     def forward(self, images, labels, teacher_out):
+        """(terms, student SegOutput)."""
         out = self.model(images)
-        terms = task_terms(out, labels)
+        terms = task_terms(out, labels, ignore_index=self.ignore_index, align_corners=self.align_corners)
         if self.distill is not None:
             terms.update(self.distill(out, teacher_out, labels))
-        return terms
+        return terms, out
 
 
-def evaluate_model(model: nn.Module, val_set, args, env: DistEnv) -> dict:
-    """Metrics of ``model`` on this rank's shard of ``val_set``, all-reduced (args: val_batch_size,
-    workers, amp, eval_mode, crop_size)."""
+def evaluate_model(model: nn.Module, val_set, config: RunConfig, env: DistEnv) -> dict:
+    """Metrics of ``model`` on this rank's shard of ``val_set``, all-reduced (config: val_batch_size, workers,
+    amp, eval_mode, crop_size, ignore_label, align_corners)."""
+    d = config.data
     shard = Subset(val_set, rank_shard(len(val_set), env.rank, env.world_size))
-    loader = DataLoader(shard, batch_size=args.val_batch_size, shuffle=False, num_workers=args.workers,
+    loader = DataLoader(shard, batch_size=d.val_batch_size, shuffle=False, num_workers=d.workers,
                         pin_memory=env.device.type == "cuda", generator=torch.Generator())
-    return evaluate(model, loader, val_set.num_classes, env.device, amp_dtype=AMP_DTYPES[args.amp],
-                    ignore_index=IGNORE_INDEX, mode=args.eval_mode, crop=args.crop_size)
+    return evaluate(model, loader, val_set.num_classes, env.device, amp_dtype=AMP_DTYPES[config.optim.amp],
+                    ignore_index=d.ignore_label, mode=config.runtime.eval_mode, crop=d.crop_size,
+                    align_corners=config.model.align_corners)
+
+
+def check_resumable(state: dict, path: str, phase: str, config: RunConfig) -> None:
+    """Raises CheckpointError naming ``path`` when the checkpoint ``state`` cannot continue ``phase`` of ``config``."""
+    if state.get("phase") != phase or "optimizer" not in state:
+        raise checkpoint.CheckpointError(f"--resume {path}: expected a {phase}-phase checkpoint of frkd.train, found "
+                                         f"phase {state.get('phase')!r}; pass one of this phase or start afresh "
+                                         "with --overwrite")
+    batch = state["data"]["global_batch"]
+    if batch != config.optim.batch_size:
+        raise checkpoint.CheckpointError(f"--resume {path}: expected --batch-size {batch} as the checkpoint's run "
+                                         f"(the data order would differ), got {config.optim.batch_size}")
 
 
 class Trainer:
     """Trains ``model`` (with an optional frozen ``teacher`` and distillation loss) for one phase.
 
     phase: "teacher" or "student" (names records and checkpoints); out_dir: where last.pt/best.pt go;
-    args: the parsed CLI namespace (lr, momentum, weight_decay, power, amp, batch_size, seed, workers,
-    log/val/save_per_iters, val_batch_size, eval_mode, crop_size, stop_at_iteration).
+    config: the run's config (optimisation, schedule, data loading); recorded: the config as written to
+    checkpoints (``frkd.config.recorded``).
     """
 
     def __init__(self, *, phase: str, model: nn.Module, teacher: nn.Module | None, distill: nn.Module | None,
-                 train_set, val_set, num_classes: int, max_iterations: int, args, env: DistEnv, out_dir: str,
-                 log: MetricsLog, model_config: dict):
-        self.phase, self.args, self.env, self.out_dir, self.log = phase, args, env, out_dir, log
+                 train_set, val_set, num_classes: int, max_iterations: int, config: RunConfig, env: DistEnv,
+                 out_dir: str, log: MetricsLog, model_config: dict, recorded: dict):
+        self.phase, self.config, self.env, self.out_dir, self.log = phase, config, env, out_dir, log
+        self.recorded = recorded
+        o = config.optim
         self.num_classes, self.max_iterations, self.model_config = num_classes, max_iterations, model_config
         self.train_set, self.val_set = train_set, val_set
         device = env.device
@@ -115,17 +140,28 @@ class Trainer:
         self.teacher = teacher
         if teacher is not None:
             teacher.to(device).eval().requires_grad_(False)
-        step = StepModule(self.model, self.distill)
-        self.step = DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None) \
-            if env.distributed else step
-        params = [p for p in step.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        self.amp_dtype = AMP_DTYPES[args.amp]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+        step = StepModule(self.model, self.distill, ignore_index=config.data.ignore_label,
+                          align_corners=config.model.align_corners)
+        self.discriminator = list(self.distill.discriminator_parameters()) if self.distill is not None else []
+        own = {id(p) for p in self.discriminator}
+        if env.distributed:
+            if own:
+                DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                    step, [name for name, p in step.named_parameters() if id(p) in own])
+            step = DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
+        self.step = step
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.distill is not None:
+            params += [p for p in self.distill.parameters() if p.requires_grad and id(p) not in own]
+        self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.d_optimizer = torch.optim.Adam(self.discriminator, lr=o.lr_d, betas=DISCRIMINATOR_BETAS) \
+            if self.discriminator else None
+        self.amp_dtype = AMP_DTYPES[o.amp]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=o.amp == "fp16")
         self.iteration = 0
         self.best_miou = -math.inf
         self.last_eval = None
-        checkpoint.seed_everything(args.seed + 7919 * env.rank)  # per-rank dropout; a resume restores its own
+        checkpoint.seed_everything(config.runtime.seed + 7919 * env.rank)  # per-rank dropout; a resume restores its own
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -140,21 +176,20 @@ class Trainer:
             "model": self.model.state_dict(), "model_config": self.model_config,
             "loss": self.distill.state_dict() if self.distill is not None else {},
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "d_optimizer": self.d_optimizer.state_dict() if self.d_optimizer is not None else None,
             "best_miou": self.best_miou, "last_eval": self.last_eval, "rng": per_rank,
-            "data": {"seed": self.args.seed, "global_batch": self.args.batch_size, "position":
-                     self.iteration * self.args.batch_size},
-            "args": vars(self.args),
+            "data": {"seed": self.config.runtime.seed, "global_batch": self.config.optim.batch_size,
+                     "position": self.iteration * self.config.optim.batch_size},
+            "config": self.recorded,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("phase") != self.phase:
-            raise ValueError(f"resume: checkpoint is from the {state.get('phase')!r} phase, expected {self.phase!r}")
-        if state["data"]["global_batch"] != self.args.batch_size:
-            raise ValueError(f"resume: checkpoint used --batch-size {state['data']['global_batch']}, "
-                             f"this run has {self.args.batch_size}; the data order would differ")
+    def load_state_dict(self, state: dict, path: str = "checkpoint") -> None:
+        check_resumable(state, path, self.phase, self.config)
         self.model.load_state_dict(state["model"])
         if self.distill is not None:
             self.distill.load_state_dict(state["loss"])
+        if self.d_optimizer is not None:
+            self.d_optimizer.load_state_dict(state["d_optimizer"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_miou, self.last_eval = state["iteration"], state["best_miou"], state["last_eval"]
@@ -171,15 +206,17 @@ class Trainer:
 
     # ---------------------------------------------------------------- data
     def _train_loader(self) -> DataLoader:
-        sampler = IterationBatchSampler(len(self.train_set), self.args.batch_size, self.env.rank,
-                                        self.env.world_size, self.args.seed, self.iteration, self.max_iterations)
-        return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler, num_workers=self.args.workers,
+        workers = self.config.data.workers
+        sampler = IterationBatchSampler(len(self.train_set), self.config.optim.batch_size, self.env.rank,
+                                        self.env.world_size, self.config.runtime.seed, self.iteration,
+                                        self.max_iterations)
+        return DataLoader(SeededSamples(self.train_set), batch_sampler=sampler, num_workers=workers,
                           pin_memory=self.env.device.type == "cuda", generator=torch.Generator(),
-                          worker_init_fn=ignore_sigint_in_worker if self.args.workers else None)
+                          worker_init_fn=ignore_sigint_in_worker if workers else None)
 
     # ---------------------------------------------------------------- loop
     def evaluate(self) -> dict:
-        result = evaluate_model(self.model, self.val_set, self.args, self.env)
+        result = evaluate_model(self.model, self.val_set, self.config, self.env)
         self.last_eval = result
         self.log.write({"phase": self.phase, "iteration": self.iteration, **result})
         return result
@@ -203,7 +240,7 @@ class Trainer:
         raise NonFiniteLoss(f"the loss is non-finite on another rank {at}; stopping")
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        lr = poly_lr(self.args.lr, self.iteration, self.max_iterations, self.args.power)
+        lr = poly_lr(self.config.optim.lr, self.iteration, self.max_iterations, self.config.optim.power)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self._autocast():
@@ -211,15 +248,34 @@ class Trainer:
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_out = self.teacher(images)
-            terms = self.step(images, labels, teacher_out)
+            terms, out = self.step(images, labels, teacher_out)
         loss = sum(t.float() for t in terms.values())
         self._check_finite(loss, terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        values = {**{k: v.detach().float() for k, v in terms.items()}, "loss": loss.detach()}
+        if self.d_optimizer is not None:
+            values["discriminator"] = self._discriminator_step(out, teacher_out)
         self.iteration += 1
-        return {**{k: v.detach().float() for k, v in terms.items()}, "loss": loss.detach()}
+        return values
+
+    def _discriminator_step(self, out, teacher_out) -> torch.Tensor:
+        """One Adam step of the loss's discriminator on the detached student outputs (float32, no autocast);
+        under DDP its gradients are averaged over ranks. Returns the discriminator loss."""
+        student = type(out)(*(t.detach() if t is not None else None for t in out))
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss = self.distill.discriminator_loss(student, teacher_out).float()
+        self._check_finite(d_loss, {"discriminator": d_loss})
+        d_loss.backward()
+        if self.env.distributed:
+            for p in self.discriminator:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.env.world_size
+        self.d_optimizer.step()
+        return d_loss.detach()
 
     def _log_window(self, sums: dict, count: int, lr: float, step_seconds: float) -> None:
         """One metrics.jsonl record: window means over ranks; it_per_s counts training steps only."""
@@ -233,7 +289,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Trains up to max_iterations (from self.iteration); returns the final evaluation."""
-        a = self.args
+        a = self.config.runtime
         self.model.train()
         if self.iteration >= self.max_iterations:
             return self.last_eval or self.evaluate()

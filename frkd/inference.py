@@ -10,14 +10,15 @@ import torch.nn.functional as F
 from .metrics import ConfusionMatrix
 
 
-def _logits(model, images: torch.Tensor) -> torch.Tensor:
+def _logits(model, images: torch.Tensor, align_corners: bool = False) -> torch.Tensor:
     """Model logits bilinearly upsampled to the input size: B×K×H×W float32."""
     out = model(images)
     logits = out.logits if hasattr(out, "logits") else out[0]
-    return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=align_corners)
 
 
-def _slide_logits(model, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+def _slide_logits(model, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int],
+                  align_corners: bool = False) -> torch.Tensor:
     """Averages the logits of crop-sized windows (stride apart) over each pixel; pads small images."""
     _, _, h, w = images.shape
     ch, cw = crop
@@ -30,7 +31,7 @@ def _slide_logits(model, images: torch.Tensor, crop: tuple[int, int], stride: tu
     for r in range(rows):
         for c in range(cols):
             y0, x0 = min(r * stride[0], ph - ch), min(c * stride[1], pw - cw)
-            window = _logits(model, padded[:, :, y0:y0 + ch, x0:x0 + cw])
+            window = _logits(model, padded[:, :, y0:y0 + ch, x0:x0 + cw], align_corners)
             if total is None:
                 total = padded.new_zeros(padded.shape[0], window.shape[1], ph, pw, dtype=torch.float32)
             total[:, :, y0:y0 + ch, x0:x0 + cw] += window
@@ -40,10 +41,11 @@ def _slide_logits(model, images: torch.Tensor, crop: tuple[int, int], stride: tu
 
 @torch.no_grad()
 def predict_probs(model, images: torch.Tensor, *, mode: str = "whole", crop: tuple[int, int] | None = None,
-                  flip: bool = False, scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
+                  flip: bool = False, scales: tuple[float, ...] = (1.0,), align_corners: bool = False) -> torch.Tensor:
     """Class probabilities B×K×H×W, averaged over scales (and horizontal flip when ``flip``).
 
     images: B×3×H×W normalised. mode 'slide' needs ``crop`` (window H, W; stride = 2/3 of it).
+    align_corners: of the bilinear upsampling of the logits to the image size (CIRKD: True).
     """
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
@@ -58,12 +60,12 @@ def predict_probs(model, images: torch.Tensor, *, mode: str = "whole", crop: tup
             xi = x.flip(-1) if flipped else x
             if mode == "slide":
                 stride = (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
-                logits = _slide_logits(model, xi, tuple(crop), stride)
+                logits = _slide_logits(model, xi, tuple(crop), stride, align_corners)
             else:
-                logits = _logits(model, xi)
+                logits = _logits(model, xi, align_corners)
             logits = logits.flip(-1) if flipped else logits
             if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=align_corners)
             total = total + logits.softmax(1)
             views += 1
     return total / views

@@ -43,25 +43,31 @@ def plot_losses(records: list[dict], phase: str, path: str) -> bool:
 
 
 def plot_miou(records: list[dict], path: str) -> bool:
-    """Validation mIoU (%) over iterations, one line per phase."""
+    """Validation mIoU (%) over iterations: one panel per phase, each on its own iteration axis (the teacher's
+    final mIoU dashed in the student's panel); values labelled inside the frame."""
     evals = [r for r in records if "miou" in r and r.get("miou") is not None]
     if not evals:
         return False
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for phase in dict.fromkeys(r["phase"] for r in evals):
-        rows = [r for r in evals if r["phase"] == phase]
-        ax.plot([r["iteration"] for r in rows], [100 * r["miou"] for r in rows], marker="o", label=phase)
-        ax.annotate(f"{100 * rows[-1]['miou']:.1f}", (rows[-1]["iteration"], 100 * rows[-1]["miou"]),
-                    textcoords="offset points", xytext=(-10, 6), fontsize=8)
+    phases = list(dict.fromkeys(r["phase"] for r in evals))
+    fig, axes = plt.subplots(1, len(phases), figsize=(4.6 * len(phases), 3.8), squeeze=False, sharey=True)
     teacher = [r for r in evals if r["phase"] == "teacher"]
-    if teacher and any(r["phase"] == "student" for r in evals):
-        ax.axhline(100 * teacher[-1]["miou"], color="tab:blue", linestyle="--", linewidth=1, alpha=0.6,
-                   label="final teacher")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("validation mIoU")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for ax, phase in zip(axes.flat, phases):
+        rows = [r for r in evals if r["phase"] == phase]
+        x, y = [r["iteration"] for r in rows], [100 * r["miou"] for r in rows]
+        ax.plot(x, y, marker="o", color="tab:blue" if phase == "teacher" else "tab:orange", label=phase)
+        if phase != "teacher" and teacher:
+            ax.axhline(100 * teacher[-1]["miou"], color="tab:blue", linestyle="--", linewidth=1, alpha=0.6,
+                       label=f"final teacher {100 * teacher[-1]['miou']:.1f}")
+        ax.annotate(f"{y[-1]:.1f}", (x[-1], y[-1]), textcoords="offset points", xytext=(-4, -12), ha="right",
+                    fontsize=8)
+        ax.set_xlim(0, max(x) * 1.05 if max(x) > 0 else 1)
+        ax.set_title(f"{phase}: validation mIoU", fontsize=10)
+        ax.set_xlabel(f"{phase} iteration")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0, 0].set_ylabel("mIoU (%)")
+    top = max(100 * r["miou"] for r in evals)
+    axes[0, 0].set_ylim(0, min(100, top * 1.15 + 2))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,4 +1,9 @@
-"""Run outputs written by rank 0: ``metrics.jsonl`` (one JSON object per line) and ``summary.json``."""
+"""Run outputs written by rank 0: ``metrics.jsonl`` (one JSON object per line) and ``summary.json``.
+
+Every record is appended with one ``write`` of a whole line (O_APPEND); the file is rewritten only to
+drop the records past a resumed checkpoint, through a temp file and ``os.replace``, so a crash never
+leaves half a file.
+"""
 from __future__ import annotations
 
 import json
@@ -27,25 +32,44 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(json_safe(record)) + "\n")
+        line = (json.dumps(json_safe(record)) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def truncate_after(self, phase: str, iteration: int) -> None:
-        """Drops records of ``phase`` past ``iteration`` (logged after the checkpoint a resume starts from)."""
+        """Drops records of ``phase`` past ``iteration`` (logged after the checkpoint a resume starts from);
+        leaves the file untouched when there are none."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        kept = [r for r in read_records(self.path) if r.get("phase") != phase or r.get("iteration", 0) <= iteration]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+        records = read_records(self.path)
+        kept = [r for r in records if r.get("phase") != phase or r.get("iteration", 0) <= iteration]
+        if len(kept) == len(records):
+            return
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_records(path: str) -> list[dict]:
+    """The records of a metrics file; a torn last line (a crash mid-write) is skipped."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to a temp file next to ``path``, then os.replace()s it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(json_safe(obj), f, indent=2)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(json_safe(obj), indent=2))

@@ -26,29 +26,28 @@ import torch
 import torch.nn.functional as F
 
 import frkd_kernels
-from frkd import checkpoint
-from frkd.cli import parse_args
-from frkd.compare import BENCHMARK, TUNED_FRKD_FLAGS, benchmark_datasets, train_argv, train_student
+from frkd import checkpoint, pipeline
+from frkd.benchmark import BENCHMARK, TUNED_FRKD_FLAGS, options_from_flags, run_config
 from frkd.distributed import init_distributed
 from frkd.engine import TrainingStopped, task_terms
 from frkd.losses.base import resize_labels
 from frkd.losses.frkd import pseudo_knowledge_filter, share
 from frkd.run_log import MetricsLog
-from frkd.train import load_teacher, model_config, student_trainer
 
 TEACHER = "runs/compare/teacher.pt"
 CHECKPOINTS = (0, 50, 100, 200)
 
 
-def teacher_of(env, args):
-    expected = model_config(args.teacher_model, args.teacher_backbone, BENCHMARK["num_classes"], args.teacher_width)
-    teacher, _, _, _ = load_teacher(args, env, args.teacher_ckpt, expected)
-    return teacher.to(env.device).eval().requires_grad_(False)
+def teacher_of(config):
+    teacher = pipeline.load_given_teacher(config).model
+    return teacher.eval().requires_grad_(False)
 
 
-def benchmark_args(seed: int, out_dir: str, flags: list[str], teacher_ckpt: str) -> list[str]:
-    return train_argv(BENCHMARK, method="frkd", flags=shlex.split(TUNED_FRKD_FLAGS) + flags, seed=seed,
-                      out_dir=out_dir, device="cpu", teacher_ckpt=teacher_ckpt)
+def benchmark_run(seed: int, out_dir: str, flags: list[str], teacher_ckpt: str, **fields):
+    """The config of the benchmark's frkd student (the table's tuned flags, then ``flags``)."""
+    options = options_from_flags("frkd", shlex.split(TUNED_FRKD_FLAGS) + flags)
+    return run_config(BENCHMARK, method="frkd", options=options, seed=seed, out_dir=out_dir, device="cpu",
+                      teacher_ckpt=teacher_ckpt, **fields)
 
 
 def boundary_pixels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -60,10 +59,9 @@ def boundary_pixels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def filter_stats(crops: int, batch: int, teacher_ckpt: str) -> dict:
     """Filter fractions of the table's teacher on ``crops`` augmented training crops (see module doc)."""
-    args = parse_args(benchmark_args(0, "/tmp", [], teacher_ckpt))
-    env = init_distributed("cpu")
-    teacher = teacher_of(env, args)
-    train_set, _ = benchmark_datasets(BENCHMARK)
+    config = benchmark_run(0, "/tmp", [], teacher_ckpt)
+    teacher = teacher_of(config)
+    train_set, _ = pipeline.build_datasets(config)
     train_set.set_epoch(0)
     K = train_set.num_classes
     groups = ("all", "background", "objects", "on_boundary", "interior") + tuple(f"class{k}" for k in range(K))
@@ -122,7 +120,8 @@ def term_gradients(trainer, teacher, images, labels) -> dict:
     out = trainer.model(images)
     with torch.no_grad():
         teacher_out = teacher(images)
-    terms = task_terms(out, labels)
+    terms = task_terms(out, labels, ignore_index=trainer.config.data.ignore_label,
+                       align_corners=trainer.config.model.align_corners)
     terms.update(trainer.distill(out, teacher_out, labels))
     grads = {}
     for name, value in terms.items():
@@ -140,28 +139,27 @@ def gradient_trace(seed: int, out_dir: str, flags: list[str], teacher_ckpt: str)
     """Trains the benchmark student of ``seed`` and measures ``term_gradients`` at CHECKPOINTS."""
     if seed < 100:
         raise SystemExit(f"--seed: the table's seeds (0-2) are not for diagnosis runs; expected >= 100, got {seed}")
-    argv = benchmark_args(seed, out_dir, flags, teacher_ckpt)
-    args = parse_args(argv)
+    config = benchmark_run(seed, out_dir, flags, teacher_ckpt)
     env = init_distributed("cpu")
-    teacher = teacher_of(env, args)
-    train_set, val_set = benchmark_datasets(BENCHMARK)
-    probe = benchmark_datasets(BENCHMARK)[0]
+    teacher = teacher_of(config)
+    train_set, val_set = pipeline.build_datasets(config)
+    probe = pipeline.build_datasets(config)[0]
     probe.set_epoch(1000)  # a fixed batch of augmented crops, the same at every checkpoint
     images = torch.stack([probe[i][0] for i in range(BENCHMARK["batch_size"])])
     labels = torch.stack([probe[i][1] for i in range(BENCHMARK["batch_size"])])
     trace = {}
     for iteration in CHECKPOINTS:
         if iteration:
-            stop = [] if iteration == BENCHMARK["iterations"] else ["--stop-at-iteration", str(iteration)]
+            stop = None if iteration == BENCHMARK["iterations"] else iteration
             try:
-                result = train_student({"argv": argv + stop, "config": BENCHMARK})
-                trace["final_miou"], trace["per_class_iou"] = result["miou"], result["per_class_iou"]
+                summary = pipeline.run(config.replace(stop_at_iteration=stop), env)
+                trace["final_miou"], trace["per_class_iou"] = summary["student_miou"], summary["student_per_class_iou"]
             except TrainingStopped:
                 pass
-        trainer = student_trainer(args, env, train_set, val_set, BENCHMARK["num_classes"], teacher,
-                                  MetricsLog(out_dir, enabled=False))
+        trainer = pipeline.student_trainer(config, env, train_set, val_set, teacher, MetricsLog(out_dir, enabled=False))
         if iteration:
-            trainer.load_state_dict(checkpoint.load(os.path.join(out_dir, "last.pt")))
+            path = os.path.join(out_dir, "last.pt")
+            trainer.load_state_dict(checkpoint.load(path), path)
         trace[iteration] = term_gradients(trainer, teacher, images, labels)
         print(json.dumps({"iteration": iteration, **trace[iteration]}), flush=True)
     return trace

@@ -35,14 +35,14 @@ read -r -a EXTRA_FLAGS <<< "${EXTRA:-}"
 train() {  # train <out dir> <frkd.train flags...>; skipped when <out dir>/summary.json exists
   local out=$1; shift
   if [ -f "$out/summary.json" ]; then echo "skip $out (finished)"; return; fi
-  torchrun --standalone --nproc_per_node="$NPROC" -m frkd.train --dataset "$DATASET" --data-root "$DATA" \
+  torchrun --standalone --nproc_per_node="$NPROC" -m frkd.train --dataset "$DATASET" --data "$DATA" \
     --batch-size 16 --max-iterations 40000 --lr "$LR" --power 0.9 --out-dir "$out" --resume auto \
     "${EXTRA_FLAGS[@]}" "$@"
 }
 
 if [ -z "${TEACHER:-}" ]; then
   train "$OUT/teacher" --method none --student-backbone resnet101 \
-    ${R101_PRETRAINED:+--student-pretrained "$R101_PRETRAINED"}
+    ${R101_PRETRAINED:+--student-pretrained-base "$R101_PRETRAINED"}
   TEACHER=$OUT/teacher/last.pt
 fi
 
@@ -57,7 +57,7 @@ for seed in $SEEDS; do
   for row in "${ROWS[@]}"; do
     read -r -a flags <<< "${row#*|}"
     train "$OUT/${row%%|*}-s$seed" "${flags[@]}" --seed "$seed" --teacher-ckpt "$TEACHER" \
-      --student-backbone resnet18 ${R18_PRETRAINED:+--student-pretrained "$R18_PRETRAINED"}
+      --student-backbone resnet18 ${R18_PRETRAINED:+--student-pretrained-base "$R18_PRETRAINED"}
   done
 done
 python scripts/paper_table.py "$OUT" "$DATASET"

@@ -5,10 +5,10 @@ import statistics
 
 import pytest
 
-from frkd import compare
+from frkd import benchmark, compare
 from frkd.compare_report import markdown_table, read_results, summarise
 
-TINY = dict(compare.QUICK, crop_size=[32, 32], train_length=16, val_length=4, teacher_iterations=2,
+TINY = dict(benchmark.QUICK, crop_size=[32, 32], train_length=16, val_length=4, teacher_iterations=2,
             iterations=2, batch_size=2, width=4, teacher_width=4, teacher_backbone="resnet18")
 
 
@@ -16,10 +16,10 @@ def test_rows_put_none_first_and_ablations_after_frkd():
     rows = compare.table_rows(["kd", "frkd", "none"], ablations=True, frkd_flags=["--tau", "0.5"])
     names = [name for name, _, _ in rows]
     assert names[:3] == ["none", "kd", "frkd"]
-    assert names[3:] == list(compare.ABLATIONS)
+    assert names[3:] == list(benchmark.ABLATIONS)
     for name, method, flags in rows[2:]:
         assert method == "frkd" and flags[:2] == ["--tau", "0.5"]
-        assert flags[2:] == compare.ABLATIONS.get(name, [])
+        assert flags[2:] == benchmark.ABLATIONS.get(name, [])
     assert [n for n, _, _ in compare.table_rows(["kd"], ablations=True, frkd_flags=[])] == ["kd"]
 
 
@@ -32,13 +32,23 @@ def test_baseline_flags_go_to_their_row_only():
             compare.parse_baseline_flags([bad])
 
 
-def test_ablation_flags_are_accepted_by_the_trainer():
-    from frkd.cli import parse_args
-    from frkd.losses import loss_options
+def test_each_ablation_switches_off_exactly_its_own_part():
+    """Each ablation row's flags change one resolved FRKD option, to its 'off' value, and nothing else."""
+    from frkd.losses import resolved_loss_options
 
-    for flags in compare.ABLATIONS.values():
-        options = loss_options(parse_args(["--method", "frkd", *flags]))
-        assert options, flags
+    off = {"frkd-no-pseudo-filter": ("no_pseudo_filter", True), "frkd-no-fgbg": ("no_fgbg", True),
+           "frkd-no-coord-mask": ("no_coord_mask", True), "frkd-no-intra": ("lambda_intra", 0.0),
+           "frkd-no-inter": ("lambda_inter", 0.0)}
+    assert set(off) == set(benchmark.ABLATIONS)
+    tuned = benchmark.options_from_flags("frkd", benchmark.TUNED_FRKD_FLAGS)
+    base = resolved_loss_options("frkd", tuned, "synthetic")
+    for name, flags in benchmark.ABLATIONS.items():
+        ablated = resolved_loss_options("frkd", benchmark.options_from_flags(
+            "frkd", benchmark.TUNED_FRKD_FLAGS.split() + flags), "synthetic")
+        changed = {k: v for k, v in ablated.items() if base[k] != v}
+        assert changed == dict([off[name]]), (name, changed)
+    with pytest.raises(ValueError, match="--no-fgbg does not apply to --method kd"):
+        benchmark.options_from_flags("kd", ["--no-fgbg"])
 
 
 def test_summary_means_stds_and_gain():
@@ -76,6 +86,8 @@ def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.path.exists(os.path.join(out, "teacher.pt"))
     assert json.load(open(os.path.join(out, "config.json")))["iterations"] == TINY["iterations"]
+    run_summary = json.load(open(os.path.join(out, "runs", "kd-s7", "summary.json")))
+    assert run_summary["config"]["loss"]["method"] == "kd" and run_summary["config"]["runtime"]["seed"] == 7
 
     assert compare.main(argv) == 0  # finished (row, seed) pairs are skipped
     assert len(read_results(os.path.join(out, "results.jsonl"))) == 2

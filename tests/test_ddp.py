@@ -11,10 +11,9 @@ from test_train import TINY, records
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def torchrun(args, timeout=600):
+def torchrun(args, timeout=600, entry=("-m", "frkd.train")):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "frkd.train", *args]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *entry, *args]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -45,3 +44,22 @@ def test_global_batch_must_divide_over_ranks(tmp_path):
     result = torchrun(flags + ["--method", "none", "--out-dir", str(tmp_path), "--device", "cpu"], timeout=300)
     assert result.returncode != 0
     assert "--batch-size 3 (global) is not divisible by the world size 2" in result.stdout + result.stderr
+
+
+def test_a_discriminator_stays_in_sync_over_ranks(tmp_path):
+    """Each rank sees other images; the engine averages the discriminator's gradients, so both ranks end
+    with the same discriminator (the student's DDP wrapper leaves those parameters alone)."""
+    teacher_dir = str(tmp_path / "teacher")
+    flags = list(TINY)
+    flags[flags.index("--batch-size") + 1] = "4"
+    result = torchrun(flags + ["--method", "kd", "--max-iterations", "1", "--out-dir", teacher_dir, "--device", "cpu"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    out_dir = str(tmp_path / "adv")
+    result = torchrun(flags + ["--method", "fakeadv", "--teacher-pretrained", os.path.join(teacher_dir, "teacher.pt"),
+                               "--out-dir", out_dir, "--device", "cpu"],
+                      entry=(os.path.join(REPO, "tests", "ddp_fake_adversarial.py"),))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [torch.load(os.path.join(out_dir, f"critic_rank{r}.pt")) for r in (0, 1)]
+    initial = torch.load(os.path.join(out_dir, "last.pt"), weights_only=False)["loss"]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    assert all(torch.equal(ranks[0][k], initial[k]) for k in ranks[0])  # rank 0 saved what it trained

@@ -178,3 +178,28 @@ def test_pretrained_missing_file(tmp_path):
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(**kwargs)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "pspnet"])
+def test_feature_tap_after_dropout_is_the_classifier_input(arch):
+    """post-dropout: feat is what the classifier sees (dropped in train mode); pre-dropout: the refined map.
+    Same weights, same dropout draw: identical logits, feat differs by the dropout mask only."""
+    x = torch.randn(2, 3, 40, 40)
+    torch.manual_seed(0)
+    pre = build_model(arch, "resnet18", 5, width=4, feature_tap="pre-dropout")
+    post = build_model(arch, "resnet18", 5, width=4, feature_tap="post-dropout")
+    post.load_state_dict(pre.state_dict())
+    torch.manual_seed(1)
+    a = pre(x)
+    torch.manual_seed(1)
+    b = post(x)
+    assert torch.equal(a.logits, b.logits)
+    alive, kept = a.feat != 0, b.feat != 0  # ReLU zeros, then the dropout's
+    dropped = (alive & ~kept).sum() / alive.sum()
+    assert 0.03 < dropped < 0.2  # Dropout(0.1) zeroed about a tenth
+    assert torch.allclose(b.feat, a.feat * kept / 0.9, rtol=1e-5, atol=1e-7)
+    assert torch.equal(post.head.classifier(b.feat), b.logits)
+    pre.eval(), post.eval()
+    assert torch.equal(pre(x).feat, post(x).feat)
+    with pytest.raises(ValueError, match="feature_tap"):
+        build_model(arch, "resnet18", 5, width=4, feature_tap="middle")

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 import frkd.engine as engine
-from frkd.cli import DATASET_DEFAULTS
+from frkd.config import DATASET_DEFAULTS
 from frkd import evaluate as evaluate_cli
 from frkd import train as train_cli
-from frkd.cli import parse_args
+from frkd.cli import parse_config
 from frkd.sampling import IterationBatchSampler
 
 TINY = ["--crop-size", "32", "32", "--batch-size", "2", "--width", "4", "--teacher-width", "4",
@@ -59,7 +59,7 @@ def run_dir(tmp_path_factory):
 
 def test_full_run_trains_the_teacher_then_the_student_and_writes_every_output(run_dir):
     out_dir, stdout = run_dir
-    assert "no --teacher-ckpt, training deeplabv3-resnet18" in stdout and "teacher.pt" in stdout
+    assert "no --teacher-pretrained, training deeplabv3-resnet18" in stdout and "teacher.pt" in stdout
     assert "teacher mIoU" in stdout and "student mIoU" in stdout
     for name in ("teacher.pt", "last.pt", "best.pt", "teacher/last.pt", "summary.json",
                  "losses_teacher.png", "losses_student.png", "miou.png"):
@@ -88,11 +88,16 @@ def test_full_run_trains_the_teacher_then_the_student_and_writes_every_output(ru
     assert summary["student_miou"] == pytest.approx(evals["student"][-1]["miou"])
     num_classes = DATASET_DEFAULTS["synthetic"]["num_classes"]
     assert 0.0 <= summary["student_miou"] <= 1.0 and len(summary["student_per_class_iou"]) == num_classes
-    assert summary["args"]["method"] == "frkd" and summary["wall_time_s"] > 0
+    assert summary["config"]["loss"]["method"] == "frkd" and summary["wall_time_s"] > 0
+    from frkd.losses import option_names
+    resolved = summary["config"]["loss"]["resolved"]  # every weight of the run, none left as None
+    assert set(resolved) == set(option_names("frkd")) and resolved["lambda_intra"] == 0.5
+    assert resolved["lambda_kd"] == 1.0 and None not in [v for k, v in resolved.items() if k != "tau"]
 
     last = torch.load(os.path.join(out_dir, "last.pt"), weights_only=False)
     assert last["iteration"] == 4 and last["phase"] == "student"
-    assert {"model", "loss", "optimizer", "scaler", "rng", "best_miou", "args", "model_config"} <= set(last)
+    assert {"model", "loss", "optimizer", "scaler", "rng", "best_miou", "config", "model_config"} <= set(last)
+    assert last["config"]["loss"]["resolved"] == summary["config"]["loss"]["resolved"]
     assert "phi.weight" in last["loss"]
     assert {"python", "numpy", "torch", "cuda"} <= set(last["rng"][0])
     assert not [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
@@ -154,8 +159,8 @@ def test_non_finite_loss_stops_naming_the_term_and_iteration(tmp_path, monkeypat
     original = engine.task_terms
     calls = []
 
-    def poisoned(out, labels):
-        terms = original(out, labels)
+    def poisoned(*args, **kw):
+        terms = original(*args, **kw)
         calls.append(1)
         if len(calls) == 2:
             terms["aux_ce"] = terms["aux_ce"] * math.inf
@@ -171,11 +176,11 @@ def test_ctrl_c_saves_last_checkpoint_then_exits(tmp_path, monkeypatch):
     original = engine.task_terms
     calls = []
 
-    def interrupted(out, labels):
+    def interrupted(*args, **kw):
         calls.append(1)
         if len(calls) == 2:
             signal.raise_signal(signal.SIGINT)  # lands mid-iteration 2; the loop saves after it
-        return original(out, labels)
+        return original(*args, **kw)
 
     monkeypatch.setattr(engine, "task_terms", interrupted)
     handler_before = signal.getsignal(signal.SIGINT)
@@ -202,13 +207,14 @@ def test_data_stream_is_split_over_ranks_and_resumable():
 
 
 def test_per_dataset_defaults_fill_only_unset_flags():
-    args = parse_args(["--dataset", "cityscapes", "--data-root", "/data/cs", "--lr", "0.05"])
-    assert args.crop_size == (512, 1024) and args.max_iterations == 40000 and args.batch_size == 16
-    assert args.lr == 0.05 and args.teacher_backbone == "resnet101"
-    assert parse_args(["--dataset", "voc", "--data-root", "x"]).crop_size == (512, 512)
-    with pytest.raises(SystemExit, match="--data-root is required"):
-        parse_args(["--dataset", "voc"])
-    assert parse_args(["--local_rank", "3"]).dataset == "synthetic"
+    config, _ = parse_config(["--dataset", "cityscapes", "--data", "/data/cs", "--lr", "0.05"])
+    assert config.data.crop_size == (512, 1024) and config.optim.max_iterations == 40000
+    assert config.optim.batch_size == 16 and config.optim.lr == 0.05 and config.model.teacher_backbone == "resnet101"
+    assert config.model.align_corners is True and config.model.feature_tap == "post-dropout"
+    assert parse_config(["--dataset", "voc", "--data-root", "x"])[0].data.crop_size == (512, 512)
+    synthetic = parse_config(["--local_rank", "3"])[0]
+    assert synthetic.data.dataset == "synthetic" and synthetic.model.align_corners is False
+    assert synthetic.model.feature_tap == "pre-dropout" and synthetic.data.ignore_label == 255
 
 
 def test_a_bare_state_dict_teacher_is_built_from_the_flags_and_measured(run_dir, tmp_path):
@@ -233,3 +239,37 @@ def test_a_teacher_phase_stopped_and_resumed_gives_the_same_teacher(run_dir, tmp
     resumed = torch.load(os.path.join(out_dir, "teacher.pt"), weights_only=False)["model"]
     uninterrupted = torch.load(os.path.join(run_dir[0], "teacher.pt"), weights_only=False)["model"]
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_task_loss_upsamples_as_asked_and_ignores_the_ignore_label(align_corners):
+    """CE of the bilinearly upsampled logits over the pixels whose label is not --ignore-label, against a
+    float64 reference written here (bilinear weights by hand, log-softmax by hand)."""
+    from frkd.models import SegOutput
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 7, 9))
+    labels[0, :2] = 9  # the ignore label of this run
+    terms = engine.task_terms(SegOutput(logits.float(), None, logits.float()), labels, ignore_index=9,
+                              align_corners=align_corners)
+
+    def coords(n_out, n_in):
+        i = torch.arange(n_out, dtype=torch.float64)
+        src = i * (n_in - 1) / (n_out - 1) if align_corners else ((i + 0.5) * n_in / n_out - 0.5).clamp(min=0)
+        lo = src.floor().long().clamp(max=n_in - 1)
+        return lo, (lo + 1).clamp(max=n_in - 1), src - lo
+
+    (y0, y1, wy), (x0, x1, wx) = coords(7, 3), coords(9, 4)
+    up = torch.zeros(2, 3, 7, 9, dtype=torch.float64)
+    for i in range(7):
+        for j in range(9):
+            top = logits[:, :, y0[i], x0[j]] * (1 - wx[j]) + logits[:, :, y0[i], x1[j]] * wx[j]
+            bottom = logits[:, :, y1[i], x0[j]] * (1 - wx[j]) + logits[:, :, y1[i], x1[j]] * wx[j]
+            up[:, :, i, j] = top * (1 - wy[i]) + bottom * wy[i]
+    log_p = up - up.exp().sum(1, keepdim=True).log()
+    valid = labels != 9
+    picked = log_p.gather(1, labels.clamp(max=2)[:, None])[:, 0]
+    expected = -(picked[valid]).mean()
+    assert terms["ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert set(terms) == {"ce"}  # no aux logits, no aux term

@@ -3,8 +3,9 @@
 ``LOSSES`` (name -> class), ``build_loss``, ``add_loss_args``/``loss_options`` for the CLI, and
 ``feature_terms`` (the unweighted FRKD feature terms, also used by ``bench``).
 """
-from .cli import add_loss_args, loss_options
+from .cli import add_loss_args, loss_options, resolved_loss_options
 from .frkd import feature_terms
 from .registry import LOSSES, build_loss, option_names
 
-__all__ = ["LOSSES", "build_loss", "option_names", "add_loss_args", "loss_options", "feature_terms"]
+__all__ = ["LOSSES", "build_loss", "option_names", "add_loss_args", "loss_options", "resolved_loss_options",
+           "feature_terms"]

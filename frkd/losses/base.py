@@ -53,3 +53,8 @@ class DistillationLoss(nn.Module):
             raise ValueError(f"{type(self).__name__}: labels must be B×H×W with B={like.shape[0]}, "
                              f"got shape {tuple(labels.shape)}")
         return resize_labels(labels, like.shape[-2:])
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        """Parameters of an adversarial discriminator, trained by the engine's own optimizer after each
+        student step with ``discriminator_loss(student, teacher)``; none by default."""
+        return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .registry import LOSSES, option_names
+from .registry import LOSSES, loss_class, option_names
 
 # (flags, dest, type, help); a flag left unset (None) takes the method's default, shown as "None: ...".
 VALUE_FLAGS = (
@@ -68,3 +68,15 @@ def loss_options(args: argparse.Namespace) -> dict:
                              f"it takes {', '.join(usable) or 'no loss flags'}")
         options[dest] = value
     return options
+
+
+def resolved_loss_options(method: str, options: dict, dataset: str | None = None) -> dict:
+    """Every option of ``method`` with its effective value: the class's keyword defaults, then the
+    per-dataset defaults of ``DATASET_DEFAULTS``, then ``options`` (the ones set by the user)."""
+    import inspect
+
+    params = inspect.signature(loss_class(method).__init__).parameters
+    resolved = {name: params[name].default for name in option_names(method)}
+    resolved.update(DATASET_DEFAULTS.get(dataset, {}).get(method, {}))
+    resolved.update(options)
+    return resolved

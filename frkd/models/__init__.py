@@ -1,15 +1,17 @@
 """Segmentation models of the trainer: DeepLabV3 / PSPNet on dilated ResNet-18/50/101.
 
-``build_model(arch, backbone, num_classes, *, width=64, aux=True, pretrained=None)`` returns a
+``build_model(arch, backbone, num_classes, *, width=64, aux=True, pretrained=None,
+feature_tap="pre-dropout")`` returns a
 ``SegmentationModel`` whose forward gives ``SegOutput(logits, aux, feat)`` at output stride 8.
 ``feat`` has ``model.feat_channels`` = 2·width (resnet18) or 4·width (resnet50/101) channels,
 i.e. 128 / 256 at width 64 as in CIRKD. ``width`` scales every stage (64 = torchvision sizes);
-``pretrained`` is a path to a torchvision ImageNet ResNet ``.pth`` loaded into the backbone.
+``pretrained`` is a path to a torchvision ImageNet ResNet ``.pth`` loaded into the backbone;
+``feature_tap`` says whether ``feat`` is taken before or after the head's Dropout(0.1) (see heads).
 All normalisation layers are BatchNorm2d (convertible to SyncBatchNorm).
 """
 from typing import Optional
 
-from .heads import FCNHead, DeepLabV3Head, PSPHead
+from .heads import FEATURE_TAPS, FCNHead, DeepLabV3Head, PSPHead
 from .pretrained import load_backbone_weights
 from .resnet import RESNET_LAYOUTS, DilatedResNet
 from .segmentation_model import SegmentationModel, SegOutput
@@ -18,11 +20,12 @@ HEADS = {"deeplabv3": DeepLabV3Head, "pspnet": PSPHead}
 BACKBONES = tuple(RESNET_LAYOUTS)
 FEAT_CHANNELS_PER_WIDTH = {"resnet18": 2, "resnet50": 4, "resnet101": 4}
 
-__all__ = ["BACKBONES", "HEADS", "SegOutput", "SegmentationModel", "build_model"]
+__all__ = ["BACKBONES", "FEATURE_TAPS", "HEADS", "SegOutput", "SegmentationModel", "build_model"]
 
 
 def build_model(
-    arch: str, backbone: str, num_classes: int, *, width: int = 64, aux: bool = True, pretrained: Optional[str] = None
+    arch: str, backbone: str, num_classes: int, *, width: int = 64, aux: bool = True, pretrained: Optional[str] = None,
+    feature_tap: str = "pre-dropout",
 ) -> SegmentationModel:
     """Build ``arch`` ∈ {deeplabv3, pspnet} on ``backbone`` ∈ {resnet18, resnet50, resnet101}."""
     if arch not in HEADS:
@@ -35,6 +38,6 @@ def build_model(
     if pretrained is not None:
         load_backbone_weights(resnet, pretrained)
     feat_channels = FEAT_CHANNELS_PER_WIDTH[backbone] * width
-    head = HEADS[arch](resnet.layer4_channels, feat_channels, num_classes)
+    head = HEADS[arch](resnet.layer4_channels, feat_channels, num_classes, feature_tap)
     aux_head = FCNHead(resnet.layer3_channels, num_classes) if aux else None
     return SegmentationModel(resnet, head, aux_head, feat_channels)

@@ -1,7 +1,9 @@
 """Segmentation heads on stride-8 backbone maps: DeepLabV3 (ASPP), PSPNet, auxiliary FCN.
 
 Every head maps B×C_in×h×w to B×K×h×w logits; the main heads also return the penultimate
-feature (B×channels×h×w, after the 3×3 conv+BN+ReLU) that distillation losses use.
+feature (B×channels×h×w) that distillation losses use: after the 3×3 conv+BN+ReLU
+(``feature_tap="pre-dropout"``) or after the Dropout(0.1) that follows it, as CIRKD taps it
+(``"post-dropout"``; the same tensor in eval mode).
 """
 import torch
 import torch.nn.functional as F
@@ -87,34 +89,50 @@ class PyramidPooling(nn.Module):
         return torch.cat([x, *pooled], dim=1)
 
 
-class DeepLabV3Head(nn.Module):
+FEATURE_TAPS = ("pre-dropout", "post-dropout")
+
+
+class TappedClassifier(nn.Module):
+    """Dropout 0.1 → 1×1 classifier; returns (logits, feat) with feat tapped before or after the dropout."""
+
+    def _classify(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dropped = self.dropout(feat)
+        return self.classifier(dropped), dropped if self.feature_tap == "post-dropout" else feat
+
+    def _set_tap(self, feature_tap: str) -> None:
+        if feature_tap not in FEATURE_TAPS:
+            raise ValueError(f"feature_tap: expected one of {FEATURE_TAPS}, got {feature_tap!r}")
+        self.feature_tap = feature_tap
+
+
+class DeepLabV3Head(TappedClassifier):
     """ASPP → 3×3 conv+BN+ReLU (feat) → dropout 0.1 → 1×1 classifier; returns (logits, feat)."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int):
+    def __init__(self, in_channels: int, channels: int, num_classes: int, feature_tap: str = "pre-dropout"):
         super().__init__()
+        self._set_tap(feature_tap)
         self.aspp = ASPP(in_channels, channels)
         self.refine = conv_bn_relu(channels, channels, 3)
         self.dropout = nn.Dropout(0.1)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feat = self.refine(self.aspp(x))
-        return self.classifier(self.dropout(feat)), feat
+        return self._classify(self.refine(self.aspp(x)))
 
 
-class PSPHead(nn.Module):
+class PSPHead(TappedClassifier):
     """Pyramid pooling → 3×3 conv+BN+ReLU (feat) → dropout 0.1 → 1×1 classifier; returns (logits, feat)."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int):
+    def __init__(self, in_channels: int, channels: int, num_classes: int, feature_tap: str = "pre-dropout"):
         super().__init__()
+        self._set_tap(feature_tap)
         self.pyramid = PyramidPooling(in_channels)
         self.refine = conv_bn_relu(self.pyramid.out_channels, channels, 3)
         self.dropout = nn.Dropout(0.1)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feat = self.refine(self.pyramid(x))
-        return self.classifier(self.dropout(feat)), feat
+        return self._classify(self.refine(self.pyramid(x)))
 
 
 class FCNHead(nn.Module):

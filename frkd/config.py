@@ -1,0 +1,375 @@
+"""The typed run config of the trainer (docs/trainer.md): data, model, loss, optimisation, runtime.
+
+``build_config(**fields)`` (or ``RunConfig.from_dict``) makes a config; fields left ``None`` take
+their dataset's default from ``DATASET_DEFAULTS`` (the one table of per-dataset defaults) in
+``resolve``; ``validate`` checks every value, path and the device before any work and raises
+``ConfigError`` with one line naming the flag, what was expected and what was found.
+Field names are unique across sections, so ``config.replace(lr=0.01, method="kd")`` works.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+
+MODELS = ("deeplabv3", "pspnet")
+BACKBONES = ("resnet18", "resnet50", "resnet101")
+FEATURE_TAPS = ("pre-dropout", "post-dropout")
+AMP_CHOICES = ("none", "bf16", "fp16")
+EVAL_MODES = ("whole", "slide")
+# Files that make an out dir "hold a run"; the cached teacher.pt alone does not (it is reused by design).
+RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join("teacher", "last.pt"))
+
+# Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md: 4 classes, a width-16
+# ResNet-50 teacher, a width-8 ResNet-18 student) on one intra-op thread (its tiny convolutions gain
+# little from threads; on a busy CPU spinning OpenMP threads cost far more than they give).
+# Cityscapes/VOC: CIRKD's recipes (align_corners and the post-dropout feature tap as CIRKD's code).
+DATASET_DEFAULTS = {
+    "synthetic": dict(num_classes=4, crop_size=(64, 64), batch_size=8, max_iterations=200, teacher_iterations=800,
+                      lr=0.02, width=8, teacher_width=16, teacher_backbone="resnet50", val_per_iters=100,
+                      save_per_iters=100, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
+                      threads=1, align_corners=False, feature_tap="pre-dropout"),
+    "cityscapes": dict(num_classes=19, crop_size=(512, 1024), batch_size=16, max_iterations=40000,
+                       teacher_iterations=40000, lr=0.02, width=64, teacher_width=64, teacher_backbone="resnet101",
+                       val_per_iters=4000, save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1,
+                       eval_mode="whole", threads=0, align_corners=True, feature_tap="post-dropout"),
+    "voc": dict(num_classes=21, crop_size=(512, 512), batch_size=16, max_iterations=40000, teacher_iterations=40000,
+                lr=0.01, width=64, teacher_width=64, teacher_backbone="resnet101", val_per_iters=4000,
+                save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole", threads=0,
+                align_corners=True, feature_tap="post-dropout"),
+}
+DATASETS = tuple(DATASET_DEFAULTS)
+FIXED_CLASSES = {"cityscapes": 19, "voc": 21}
+
+
+class ConfigError(ValueError):
+    """A user error (a flag, a file, the device): one line naming it, what was expected, what was found."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str | None = None                      # dataset folder (CIRKD --data); not needed for synthetic
+    num_classes: int | None = None               # synthetic only (cityscapes 19, voc 21 are fixed)
+    crop_size: tuple[int, int] | None = None
+    workers: int | None = None
+    val_batch_size: int | None = None
+    ignore_label: int = 255
+    train_length: int | None = None              # synthetic: samples per split (None: the dataset's default)
+    val_length: int | None = None
+    data_seed: int | None = None                 # seed of the datasets (None: runtime seed)
+
+
+@dataclass
+class ModelConfig:
+    student_model: str = "deeplabv3"
+    student_backbone: str = "resnet18"
+    width: int | None = None
+    teacher_model: str = "deeplabv3"
+    teacher_backbone: str | None = None
+    teacher_width: int | None = None
+    teacher_ckpt: str | None = None              # trained segmentation teacher (CIRKD --teacher-pretrained)
+    teacher_pretrained_base: str | None = None   # ImageNet backbone .pth of a teacher trained here
+    student_pretrained_base: str | None = None   # ImageNet backbone .pth of the student
+    aux: bool = True                             # auxiliary FCN head and its 0.4·CE
+    align_corners: bool | None = None            # logits -> label size in CE and evaluation
+    feature_tap: str | None = None               # the head feature given to the losses
+
+
+@dataclass
+class LossConfig:
+    method: str = "frkd"
+    options: dict = field(default_factory=dict)  # the loss options set by the user (unset: recipe defaults)
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int | None = None                # global batch (divided over ranks)
+    max_iterations: int | None = None
+    teacher_iterations: int | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    power: float = 0.9
+    amp: str = "none"
+    lr_d: float = 4e-4                           # Adam lr of a loss's discriminator (CIRKD --lr-d)
+
+
+@dataclass
+class RuntimeConfig:
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    out_dir: str | None = None
+    resume: str | None = None                    # a checkpoint path, or "auto" for <out_dir>/last.pt
+    overwrite: bool = False
+    val_per_iters: int | None = None
+    save_per_iters: int | None = None
+    log_per_iters: int | None = None
+    eval_mode: str | None = None
+    stop_at_iteration: int | None = None
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "optim": OptimConfig,
+            "runtime": RuntimeConfig}
+FIELD_SECTION = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict:
+        """Nested plain dict (tuples as lists), JSON-ready."""
+        out = dataclasses.asdict(self)
+        if out["data"]["crop_size"] is not None:
+            out["data"]["crop_size"] = list(out["data"]["crop_size"])
+        return out
+
+    @classmethod
+    def from_dict(cls, nested: dict) -> "RunConfig":
+        """Inverse of ``to_dict``; unknown sections or fields raise ConfigError. Extra keys of a
+        recorded config (``loss.resolved``) are ignored."""
+        sections = {}
+        for name, values in nested.items():
+            if name not in SECTIONS:
+                raise ConfigError(f"config: unknown section {name!r}; expected one of {', '.join(SECTIONS)}")
+            known = {f.name for f in dataclasses.fields(SECTIONS[name])}
+            unknown = sorted(set(values) - known - {"resolved"})
+            if unknown:
+                raise ConfigError(f"config: unknown field(s) {', '.join(unknown)} in section {name!r}")
+            kept = {k: v for k, v in values.items() if k in known}
+            if kept.get("crop_size") is not None:
+                kept["crop_size"] = tuple(kept["crop_size"])
+            sections[name] = SECTIONS[name](**kept)
+        return cls(**sections)
+
+    def replace(self, **fields) -> "RunConfig":
+        """A copy with fields replaced by name (``lr=0.01``, ``method="kd"``, ``options={...}``)."""
+        per_section: dict[str, dict] = {}
+        for name, value in fields.items():
+            if name not in FIELD_SECTION:
+                raise ConfigError(f"config: unknown field {name!r}")
+            per_section.setdefault(FIELD_SECTION[name], {})[name] = value
+        return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **v)
+                                            for s, v in per_section.items()})
+
+
+def build_config(**fields) -> RunConfig:
+    """A resolved config from flat fields (see ``RunConfig.replace``); not yet validated."""
+    return resolve(RunConfig().replace(**fields))
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """Fills every ``None`` that has a per-dataset default and the default out dir; returns a copy."""
+    dataset = config.data.dataset
+    if dataset not in DATASET_DEFAULTS:
+        raise ConfigError(f"--dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
+    unset = {name: value for name, value in DATASET_DEFAULTS[dataset].items()
+             if getattr(getattr(config, FIELD_SECTION[name]), name) is None}
+    config = config.replace(**unset)
+    config = config.replace(crop_size=tuple(config.data.crop_size))
+    if config.runtime.out_dir is None:
+        m = config.model
+        config = config.replace(out_dir=os.path.join(
+            "runs", f"{dataset}-{m.student_model}-{m.student_backbone}-{config.loss.method}"))
+    return config
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a config field."""
+    return {"root": "--data", "teacher_ckpt": "--teacher-pretrained"}.get(
+        name, "--" + name.replace("_", "-"))
+
+
+def _check_number(name: str, value, *, kind=int, low=None, high=None, low_open=False, high_open=False,
+                  allow_none=False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (kind is float or isinstance(value, int)) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        what = "an integer" if kind is int else "a finite number"
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bounds.append(f"{'<' if high_open else '<='} {high}")
+        raise ConfigError(f"{flag(name)}: expected {what}{' ' + ' and '.join(bounds) if bounds else ''}, "
+                          f"got {value!r}")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag(name)}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _check_file(name: str, path: str | None) -> None:
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        found = "a folder" if os.path.isdir(path) else "no such file"
+        raise ConfigError(f"{flag(name)} {path}: expected a readable file, found {found}")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{flag(name)} {path}: expected a readable file, found no read permission")
+
+
+def _check_writable_dir(name: str, path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{flag(name)} {path}: expected a folder, found a file")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag(name)} {path}: expected a writable folder, but {existing} is not writable")
+
+
+def check_device(name: str) -> None:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' that this machine has; ConfigError otherwise."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: expected a CUDA GPU, found none (torch.cuda.is_available() is "
+                              "False); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: expected an index < {torch.cuda.device_count()} "
+                              f"(GPUs on this machine), got {device.index}")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+def out_dir_holds_run(out_dir: str) -> list[str]:
+    """The run files (RUN_FILES) present in ``out_dir``."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))]
+
+
+def resume_file(config: RunConfig) -> str | None:
+    """The student checkpoint to resume from: --resume PATH, or <out_dir>/last.pt for auto when present."""
+    resume = config.runtime.resume
+    if resume == "auto":
+        path = os.path.join(config.runtime.out_dir, "last.pt")
+        return path if os.path.exists(path) else None
+    return resume
+
+
+def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
+    """Checks a resolved config in full (values, paths, device, out dir); returns it or raises ConfigError.
+
+    world_size: processes of the run (default: torchrun's WORLD_SIZE, else 1).
+    """
+    d, m, o, r = config.data, config.model, config.optim, config.runtime
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    _check_choice("dataset", d.dataset, DATASETS)
+    if d.dataset == "synthetic":
+        _check_number("num_classes", d.num_classes, low=2)
+    else:
+        if d.num_classes != FIXED_CLASSES[d.dataset]:
+            raise ConfigError(f"--num-classes: applies to --dataset synthetic only ({d.dataset} has "
+                              f"{FIXED_CLASSES[d.dataset]} fixed classes), got {d.num_classes}")
+        if not d.root:
+            raise ConfigError(f"--data: expected the {d.dataset} dataset folder, got none")
+    if d.root is not None and not os.path.isdir(d.root):
+        found = "a file" if os.path.exists(d.root) else "no such folder"
+        raise ConfigError(f"--data {d.root}: expected the {d.dataset} dataset folder, found {found}")
+    if len(d.crop_size) != 2:
+        raise ConfigError(f"--crop-size: expected two integers H W, got {d.crop_size!r}")
+    for value in d.crop_size:
+        _check_number("crop_size", value, low=1)
+    _check_number("workers", d.workers, low=0)
+    _check_number("val_batch_size", d.val_batch_size, low=1)
+    _check_number("ignore_label", d.ignore_label)
+    if 0 <= d.ignore_label < d.num_classes:
+        raise ConfigError(f"--ignore-label: expected a value outside the class ids 0..{d.num_classes - 1}, "
+                          f"got {d.ignore_label}")
+    for name in ("train_length", "val_length"):
+        _check_number(name, getattr(d, name), low=1, allow_none=True)
+    _check_number("data_seed", d.data_seed, low=0, allow_none=True)
+
+    for prefix in ("student", "teacher"):
+        _check_choice(f"{prefix}_model", getattr(m, f"{prefix}_model"), MODELS)
+        _check_choice(f"{prefix}_backbone", getattr(m, f"{prefix}_backbone"), BACKBONES)
+    _check_number("width", m.width, low=1)
+    _check_number("teacher_width", m.teacher_width, low=1)
+    _check_choice("feature_tap", m.feature_tap, FEATURE_TAPS)
+    for name, value in (("aux", m.aux), ("align_corners", m.align_corners), ("overwrite", r.overwrite)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{flag(name)}: expected true or false, got {value!r}")
+    for name in ("teacher_ckpt", "teacher_pretrained_base", "student_pretrained_base"):
+        _check_file(name, getattr(m, name))
+
+    _check_loss(config)
+
+    for name in ("batch_size", "max_iterations", "teacher_iterations"):
+        _check_number(name, getattr(o, name), low=1)
+    if o.batch_size % world_size:
+        raise ConfigError(f"--batch-size {o.batch_size} (global) is not divisible by the world size {world_size}")
+    _check_number("lr", o.lr, kind=float, low=0, low_open=True)
+    _check_number("lr_d", o.lr_d, kind=float, low=0, low_open=True)
+    _check_number("momentum", o.momentum, kind=float, low=0, high=1, high_open=True)
+    _check_number("weight_decay", o.weight_decay, kind=float, low=0)
+    _check_number("power", o.power, kind=float, low=0)
+    _check_choice("amp", o.amp, AMP_CHOICES)
+
+    check_device(r.device)
+    _check_number("threads", r.threads, low=0)
+    _check_number("seed", r.seed, low=0)
+    for name in ("val_per_iters", "save_per_iters", "log_per_iters"):
+        _check_number(name, getattr(r, name), low=1)
+    _check_choice("eval_mode", r.eval_mode, EVAL_MODES)
+    _check_number("stop_at_iteration", r.stop_at_iteration, low=1, allow_none=True)
+    _check_writable_dir("out_dir", r.out_dir)
+    if r.resume is not None and r.resume != "auto":
+        _check_file("resume", r.resume)
+    if r.resume is not None and r.overwrite:
+        raise ConfigError("--overwrite: replaces the run in --out-dir, --resume continues it; expected one, got both")
+    held = out_dir_holds_run(r.out_dir)
+    if held and r.resume is None and not r.overwrite:
+        raise ConfigError(f"--out-dir {r.out_dir}: expected a folder without a run, found {', '.join(held)}; "
+                          "continue it with --resume auto, replace it with --overwrite, or pick another --out-dir")
+    return config
+
+
+def _check_loss(config: RunConfig) -> None:
+    from .losses import LOSSES, option_names
+
+    method, options = config.loss.method, config.loss.options
+    _check_choice("method", method, tuple(LOSSES))
+    accepted = option_names(method)
+    for name, value in options.items():
+        shown = flag(name)
+        if name not in accepted:
+            raise ConfigError(f"{shown} does not apply to --method {method}; it takes "
+                              f"{', '.join(flag(a) for a in accepted) or 'no loss options'}")
+        if isinstance(value, bool):
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{shown}: expected a finite number, got {value!r}")
+        if name.startswith("lambda_") and value < 0:
+            raise ConfigError(f"{shown}: expected a weight >= 0, got {value!r}")
+        if name.endswith("temperature") and value <= 0:
+            raise ConfigError(f"{shown}: expected a temperature > 0, got {value!r}")
+
+
+def recorded(config: RunConfig) -> dict:
+    """The config as written to summary.json and checkpoints: ``to_dict`` plus ``loss.resolved``, every
+    option of the method with its effective value (``frkd.losses.resolved_loss_options``)."""
+    from .losses import resolved_loss_options
+
+    out = config.to_dict()
+    out["loss"]["resolved"] = resolved_loss_options(config.loss.method, config.loss.options, config.data.dataset)
+    return out

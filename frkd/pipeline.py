@@ -1,0 +1,294 @@
+"""The trainer as a library: data -> models -> loss -> engine, driven by a ``RunConfig``.
+
+``run(config)`` validates the config, loads every checkpoint it names (teacher, cached teacher,
+resume file) and the student's ImageNet weights before any training, then trains the teacher
+(unless given or cached), then the student, and returns the summary (also summary.json).
+``frkd.train``, ``frkd.compare`` and the scripts call these functions; docs/trainer.md describes
+the outputs and the rules for an out dir that already holds a run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import checkpoint
+from .checkpoint import CheckpointError, seed_everything
+from .config import ConfigError, DataConfig, RunConfig, RUN_FILES, recorded, resolve, resume_file, validate
+from .distributed import DistEnv, barrier, init_distributed
+from .engine import Trainer, check_resumable, evaluate_model
+from .run_log import MetricsLog
+
+RESUME_HINT = "; resume from best.pt instead (--resume <out-dir>/best.pt) or start afresh with --overwrite"
+PLOT_FILES = ("miou.png", "losses_teacher.png", "losses_student.png")
+
+
+def say(env: DistEnv, message: str) -> None:
+    if env.is_main:
+        print(message, flush=True)
+
+
+# ---------------------------------------------------------------- data
+def build_split(data: DataConfig, split: str, train: bool, seed: int):
+    """One split of ``data.dataset``; dataset errors (missing files, bad labels) become ConfigError."""
+    from .data import build_dataset
+
+    kw = {"num_classes": data.num_classes} if data.dataset == "synthetic" else {}
+    length = data.train_length if train else data.val_length
+    if length is not None:
+        kw["length"] = length
+    try:
+        return build_dataset(data.dataset, data.root, split, crop_size=data.crop_size, train=train,
+                             seed=data.data_seed if data.data_seed is not None else seed, **kw)
+    except (FileNotFoundError, ValueError) as error:
+        raise ConfigError(f"--data {data.root}: {error}") from error
+
+
+def build_datasets(config: RunConfig):
+    """(train, val) datasets of the config."""
+    return (build_split(config.data, "train", True, config.runtime.seed),
+            build_split(config.data, "val", False, config.runtime.seed))
+
+
+# ---------------------------------------------------------------- models
+WEIGHT_KEYS = ("arch", "backbone", "num_classes", "width")  # what a checkpoint's weights depend on
+
+
+def model_config(arch: str, backbone: str, num_classes: int, width: int, *, aux: bool = True,
+                 feature_tap: str = "pre-dropout") -> dict:
+    return {"arch": arch, "backbone": backbone, "num_classes": num_classes, "width": width, "aux": aux,
+            "feature_tap": feature_tap}
+
+
+def student_model_config(config: RunConfig) -> dict:
+    m = config.model
+    return model_config(m.student_model, m.student_backbone, config.data.num_classes, m.width, aux=m.aux,
+                        feature_tap=m.feature_tap)
+
+
+def teacher_model_config(config: RunConfig) -> dict:
+    m = config.model
+    return model_config(m.teacher_model, m.teacher_backbone, config.data.num_classes, m.teacher_width,
+                        feature_tap=m.feature_tap)
+
+
+def build_from_config(mc: dict, pretrained: str | None = None, role: str = "pretrained"):
+    """The model of a model config (``model_config``); ImageNet weights from ``pretrained`` (errors name ``role``)."""
+    from .models import build_model
+
+    try:
+        return build_model(mc["arch"], mc["backbone"], mc["num_classes"], width=mc["width"],
+                           aux=mc.get("aux", True), feature_tap=mc.get("feature_tap", "pre-dropout"),
+                           pretrained=pretrained)
+    except (FileNotFoundError, ValueError) as error:
+        if pretrained is None:
+            raise
+        raise ConfigError(f"{role} {pretrained}: {str(error).removeprefix('pretrained: ')}") from error
+
+
+@dataclass
+class LoadedTeacher:
+    model: torch.nn.Module
+    config: dict
+    miou: float | None  # None for a checkpoint from elsewhere (measured on this val set)
+    per_class_iou: list | None
+
+
+def teacher_from_state(state: dict, path: str, role: str, config: RunConfig) -> LoadedTeacher:
+    """The teacher of a frkd checkpoint (its model config) or a bare state_dict (the flags); the
+    feature tap is the run's. Raises CheckpointError naming ``path`` when the weights do not fit."""
+    expected = teacher_model_config(config)
+    weights = checkpoint.model_state(state, path, role)
+    stored = state.get("model_config") or {}
+    mc = {**expected, **{k: stored[k] for k in WEIGHT_KEYS if k in stored},
+          "aux": any(k.startswith("aux_head.") for k in weights)}
+    if mc["num_classes"] != expected["num_classes"]:
+        raise CheckpointError(f"{role} {path}: expected a teacher of {expected['num_classes']} classes "
+                              f"(--dataset {config.data.dataset}), found {mc['num_classes']}")
+    teacher = build_from_config(mc)
+    try:
+        teacher.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{role} {path}: expected the weights of a {mc['arch']}-{mc['backbone']} (width "
+                              f"{mc['width']}) as --teacher-model/--teacher-backbone/--teacher-width say, found "
+                              f"others ({str(error).splitlines()[0]})") from error
+    return LoadedTeacher(teacher, mc, state.get("miou"), state.get("per_class_iou"))
+
+
+def cached_teacher_path(config: RunConfig) -> str:
+    return os.path.join(config.runtime.out_dir, "teacher.pt")
+
+
+def load_given_teacher(config: RunConfig) -> LoadedTeacher | None:
+    """--teacher-pretrained, else a cached <out-dir>/teacher.pt that matches the flags, else None (train one)."""
+    if config.model.teacher_ckpt:
+        path = config.model.teacher_ckpt
+        return teacher_from_state(checkpoint.load(path, "--teacher-pretrained"), path, "--teacher-pretrained", config)
+    cached = cached_teacher_path(config)
+    if not os.path.exists(cached):
+        return None
+    hint = "; delete it to train a new teacher, or pass --teacher-pretrained"
+    state = checkpoint.load(cached, "cached teacher", hint)
+    expected = {k: teacher_model_config(config)[k] for k in WEIGHT_KEYS}
+    found = {k: (state.get("model_config") or {}).get(k) for k in WEIGHT_KEYS}
+    if found != expected:
+        raise ConfigError(f"cached teacher {cached}: expected {expected} (the teacher flags), found {found}{hint}")
+    return teacher_from_state(state, cached, "cached teacher", config)
+
+
+def train_teacher(config: RunConfig, env: DistEnv, train_set, val_set, log: MetricsLog) -> LoadedTeacher:
+    """Trains the teacher (resuming <out-dir>/teacher/last.pt under --resume) and caches it as teacher.pt."""
+    mc = teacher_model_config(config)
+    cached = cached_teacher_path(config)
+    say(env, f"teacher: no --teacher-pretrained, training {mc['arch']}-{mc['backbone']} (width {mc['width']}) for "
+             f"{config.optim.teacher_iterations} iterations first; it is cached as {cached}")
+    teacher_dir = os.path.join(config.runtime.out_dir, "teacher")
+    if env.is_main:
+        os.makedirs(teacher_dir, exist_ok=True)
+    seed_everything(config.runtime.seed)
+    model = build_from_config(mc, config.model.teacher_pretrained_base, "--teacher-pretrained-base")
+    trainer = Trainer(phase="teacher", model=model, teacher=None, distill=None, train_set=train_set,
+                      val_set=val_set, num_classes=mc["num_classes"], max_iterations=config.optim.teacher_iterations,
+                      config=config, env=env, out_dir=teacher_dir, log=log, model_config=mc,
+                      recorded=recorded(config))
+    resume = os.path.join(teacher_dir, "last.pt")
+    state = None
+    if config.runtime.resume is not None and os.path.exists(resume):
+        state = checkpoint.load(resume, "teacher checkpoint", RESUME_HINT)
+    result = run_phase(trainer, env, state, resume)
+    if env.is_main:
+        checkpoint.save_atomic({"model": trainer.model.state_dict(), "model_config": mc, "miou": result["miou"],
+                                "per_class_iou": result["per_class_iou"], "config": recorded(config)}, cached)
+    barrier()
+    return LoadedTeacher(trainer.model, mc, result["miou"], result["per_class_iou"])
+
+
+def build_student(config: RunConfig):
+    """The freshly seeded student (ImageNet weights from --student-pretrained-base)."""
+    seed_everything(config.runtime.seed)
+    return build_from_config(student_model_config(config), config.model.student_pretrained_base,
+                             "--student-pretrained-base")
+
+
+def build_distillation(config: RunConfig, student, teacher):
+    """The distillation loss of the config (every option resolved), or None for method ``none`` / no teacher."""
+    from .losses import build_loss, resolved_loss_options
+
+    if teacher is None or config.loss.method == "none":
+        return None
+    options = resolved_loss_options(config.loss.method, config.loss.options, config.data.dataset)
+    return build_loss(config.loss.method, num_classes=config.data.num_classes, student_channels=student.feat_channels,
+                      teacher_channels=teacher.feat_channels, ignore_index=config.data.ignore_label, **options)
+
+
+def student_trainer(config: RunConfig, env: DistEnv, train_set, val_set, teacher, log: MetricsLog,
+                    student=None) -> Trainer:
+    """The student phase: ``student`` (default: ``build_student``) and its distillation loss against
+    ``teacher`` (no distillation when ``teacher`` is None)."""
+    student = build_student(config) if student is None else student
+    return Trainer(phase="student", model=student, teacher=teacher, distill=build_distillation(config, student, teacher),
+                   train_set=train_set, val_set=val_set, num_classes=config.data.num_classes,
+                   max_iterations=config.optim.max_iterations, config=config, env=env, out_dir=config.runtime.out_dir,
+                   log=log, model_config=student_model_config(config), recorded=recorded(config))
+
+
+def run_phase(trainer: Trainer, env: DistEnv, state: dict | None, path: str | None) -> dict:
+    """Resumes from ``state`` (the checkpoint at ``path``) when given and trains; metrics.jsonl keeps this
+    phase's records up to the start iteration only."""
+    if state is not None:
+        trainer.load_state_dict(state, path)
+        say(env, f"[{trainer.phase}] resumed from {path} at iteration {trainer.iteration}")
+    trainer.log.truncate_after(trainer.phase, trainer.iteration)
+    return trainer.fit()
+
+
+def clear_run(out_dir: str) -> None:
+    """Removes the run files of ``out_dir`` (--overwrite); the cached teacher.pt stays."""
+    for name in RUN_FILES + PLOT_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+    shutil.rmtree(os.path.join(out_dir, "teacher"), ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the run
+def prepare(config: RunConfig, world_size: int | None = None) -> RunConfig:
+    """``resolve`` + ``validate``: the config a run uses; raises ConfigError on a user error."""
+    return validate(resolve(config), world_size)
+
+
+def run(config: RunConfig, env: DistEnv | None = None) -> dict:
+    """One run (teacher phase unless given or cached, then the student); returns the summary.
+
+    Raises ConfigError/CheckpointError for user errors (all found before any training), NonFiniteLoss,
+    or TrainingStopped (Ctrl-C, SIGTERM, --stop-at-iteration) after saving last.pt.
+    """
+    from .metrics import format_metrics
+    from .plots import plot_run
+    from .run_log import write_json
+
+    started = time.time()
+    config = prepare(config, env.world_size if env is not None else None)
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    env = env or init_distributed(config.runtime.device)
+    out_dir = config.runtime.out_dir
+    # every file the run needs, before any work
+    teacher = load_given_teacher(config) if config.loss.method != "none" else None
+    resume = resume_file(config)
+    resume_state = checkpoint.load(resume, "--resume", RESUME_HINT) if resume else None
+    student = build_student(config)
+    train_set, val_set = build_datasets(config)
+    if resume_state is not None:
+        check_resumable(resume_state, resume, "student", config)
+    if env.is_main:
+        if config.runtime.overwrite:
+            clear_run(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+    barrier()
+    log = MetricsLog(out_dir, enabled=env.is_main)
+    say(env, f"frkd.train: {config.data.dataset} ({len(train_set)} train / {len(val_set)} val images, "
+             f"{config.data.num_classes} classes), method {config.loss.method}, device {env.device}, world size "
+             f"{env.world_size}, out {out_dir}")
+    if env.distributed and env.device.type != "cuda":
+        say(env, "note: SyncBatchNorm needs CUDA; on CPU each rank keeps its own BatchNorm statistics")
+
+    if config.loss.method != "none":
+        if teacher is None:
+            teacher = train_teacher(config, env, train_set, val_set, log)
+        elif config.model.teacher_ckpt:
+            say(env, f"teacher: loaded --teacher-pretrained {config.model.teacher_ckpt}")
+        else:
+            say(env, f"teacher: reusing the cached {cached_teacher_path(config)} (mIoU {100 * teacher.miou:.2f}); "
+                     "delete it to retrain")
+        if teacher.miou is None:  # a checkpoint from elsewhere: measure it once on this validation set
+            result = evaluate_model(teacher.model.to(env.device), val_set, config, env)
+            teacher.miou, teacher.per_class_iou = result["miou"], result["per_class_iou"]
+            say(env, f"teacher: mIoU {100 * teacher.miou:.2f} on {config.data.dataset} val")
+    trainer = student_trainer(config, env, train_set, val_set, teacher.model if teacher else None, log, student)
+    if config.runtime.resume == "auto" and resume is None:
+        say(env, f"--resume auto: no {os.path.join(out_dir, 'last.pt')} yet, starting the student from scratch")
+    result = run_phase(trainer, env, resume_state, resume)
+    summary = {
+        "teacher_miou": teacher.miou if teacher else None,
+        "teacher_per_class_iou": teacher.per_class_iou if teacher else None,
+        "teacher": teacher.config if teacher else None,
+        "student_miou": result["miou"], "student_pixel_acc": result["pixel_acc"],
+        "student_per_class_iou": result["per_class_iou"], "student_best_miou": trainer.best_miou,
+        "student": trainer.model_config, "class_names": list(getattr(train_set, "class_names", [])),
+        "iterations": trainer.iteration, "wall_time_s": time.time() - started, "world_size": env.world_size,
+        "config": recorded(config),
+    }
+    if env.is_main:
+        write_json(os.path.join(out_dir, "summary.json"), summary)
+        plots = plot_run(out_dir)
+        print(format_metrics(result, summary["class_names"]))
+        if teacher is not None:
+            print(f"teacher mIoU {100 * teacher.miou:.2f}")
+        print(f"student mIoU {100 * result['miou']:.2f}  ({config.loss.method}; best {100 * trainer.best_miou:.2f})")
+        print(f"wrote {os.path.join(out_dir, 'summary.json')}, metrics.jsonl, {len(plots)} plots "
+              f"in {summary['wall_time_s']:.0f} s")
+    return summary
