@@ -53,6 +53,18 @@ def share(mask: torch.Tensor) -> torch.Tensor:
     return m / m.sum().clamp_min(1)
 
 
+@torch.no_grad()
+def feature_weight(valid, fg, bg, margin, *, alpha: float, beta: float, gamma: float, delta: float) -> torch.Tensor:
+    """Step 6's per-pixel weight α·fg/N_fg + β·bg/N_bg + γ·coord/N_coord (B×H×W float32), with
+    coord = valid ∧ fg ∧ (margin > δ), or valid ∧ fg when ``margin`` is None (no margin test);
+    γ = 0 drops the coordinate part."""
+    weight = alpha * share(fg) + beta * share(bg)
+    if gamma != 0:
+        coord = valid & fg if margin is None else valid & fg & (margin > delta)
+        weight = weight + gamma * share(coord)
+    return weight
+
+
 def masked_terms(f_s, f_t, y, valid, fg, bg, *, num_classes: int, ignore_index: int = 255, alpha: float = 1.0,
                  beta: float = 0.25, gamma: float = 1.0, delta: float = 0.0, ifv_cirkd_mean: bool = False,
                  coord_mask: bool = True, wanted=TERMS, ops=None) -> dict[str, torch.Tensor]:
@@ -77,13 +89,8 @@ def masked_terms(f_s, f_t, y, valid, fg, bg, *, num_classes: int, ignore_index: 
         protos_s, counts_s = ops.prototype_pool(f_s, y, num_classes, ignore_index)
     terms = {}
     if "feat" in wanted:
-        with torch.no_grad():
-            weight = alpha * share(fg) + beta * share(bg)
-            if need_coord:
-                coord = valid & fg
-                if coord_mask:
-                    coord = coord & (intra_t - inter_t > delta)
-                weight = weight + gamma * share(coord)
+        margin = intra_t - inter_t if need_coord and coord_mask else None
+        weight = feature_weight(valid, fg, bg, margin, alpha=alpha, beta=beta, gamma=gamma, delta=delta)
         terms["feat"] = ops.masked_feature_mse(f_s, f_t, weight)
     if "intra" in wanted:
         intra_s, _ = ops.class_distance_maps(f_s, y, protos_s, counts_s, ignore_index)
