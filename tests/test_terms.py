@@ -165,21 +165,39 @@ def test_feature_cwd_gradcheck():
 
 # --- CIRKD mini-batch pixel relation --------------------------------------------------------------
 
+@pytest.mark.parametrize("chunk_rows", [None, 1, 5])
 @pytest.mark.parametrize("B, C_s, C_t, H, W", [(1, 3, 3, 2, 3), (3, 2, 5, 3, 2)])
-def test_minibatch_pixel_relation_matches_the_pairwise_loops(B, C_s, C_t, H, W):
+def test_minibatch_pixel_relation_matches_the_pairwise_loops(B, C_s, C_t, H, W, chunk_rows):
     gen = torch.Generator().manual_seed(B)
     f_s, f_t = make(gen, B, C_s, H, W, grad=False), make(gen, B, C_t, H, W, grad=False)
-    got = minibatch_pixel_relation(f_s, f_t, 0.1)
+    got = minibatch_pixel_relation(f_s, f_t, 0.1, chunk_rows=chunk_rows)
     assert got.item() == pytest.approx(naive_minibatch(f_s, f_t, 0.1), rel=1e-4)
 
 
-def test_minibatch_pixel_relation_gradcheck_and_teacher_untouched():
+@pytest.mark.parametrize("chunk_rows", [None, 3])
+def test_minibatch_pixel_relation_gradcheck_and_teacher_untouched(chunk_rows):
     gen = torch.Generator().manual_seed(2)
     f_s = torch.randn(2, 3, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     f_t = torch.randn(2, 4, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda f: minibatch_pixel_relation(f, f_t, 0.5), (f_s,))
-    minibatch_pixel_relation(f_s, f_t, 0.5).backward()
+    assert torch.autograd.gradcheck(lambda f: minibatch_pixel_relation(f, f_t, 0.5, chunk_rows), (f_s,))
+    minibatch_pixel_relation(f_s, f_t, 0.5, chunk_rows).backward()
     assert f_t.grad is None
+
+
+def test_minibatch_pixel_relation_gradient_equals_the_dense_autograd_one():
+    """The chunked backward (p_S − p_T, recomputed per chunk) against autograd through the whole
+    B·N×B·N similarity, written here in float64."""
+    gen = torch.Generator().manual_seed(3)
+    f_s = torch.randn(3, 4, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    f_t = torch.randn(3, 5, 3, 2, generator=gen, dtype=torch.float64)
+    B, N = 3, 6
+    s = F.normalize(f_s, dim=1).flatten(2).transpose(1, 2).reshape(B * N, -1)
+    t = F.normalize(f_t, dim=1).flatten(2).transpose(1, 2).reshape(B * N, -1)
+    log_s = F.log_softmax((s @ s.T / 0.1).view(B * N, B, N), -1)
+    log_t = F.log_softmax((t @ t.T / 0.1).view(B * N, B, N), -1)
+    dense, = torch.autograd.grad((log_t.exp() * (log_t - log_s)).sum() / (N * B * B), f_s)
+    chunked, = torch.autograd.grad(minibatch_pixel_relation(f_s, f_t, 0.1, chunk_rows=4), f_s)
+    torch.testing.assert_close(chunked, dense)
 
 
 # --- CIRKD memory banks -------------------------------------------------------------------------

@@ -43,16 +43,62 @@ def pixel_embeddings(feat: torch.Tensor) -> torch.Tensor:
     return F.normalize(feat, p=2, dim=1).flatten(2).transpose(1, 2)
 
 
-def minibatch_pixel_relation(f_s: torch.Tensor, f_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """CIRKD's mini-batch pixel-to-pixel term (module doc), computed as one B·N×B·N similarity per
-    network with the softmax over each image's N columns. f_s B×C_s×H×W, f_t B×C_t×H×W -> scalar."""
+CHUNK_ELEMENTS = 1 << 24  # similarities held at once per network (64 MiB in float32)
+
+
+def _block_log_softmax(e: torch.Tensor, rows: slice, temperature: float, B: int) -> torch.Tensor:
+    """log_softmax of e[rows]·eᵀ/τ over each image's N columns: e B·N×C -> rows×B×N."""
+    sim = e[rows] @ e.T / temperature
+    return F.log_softmax(sim.view(sim.shape[0], B, -1), dim=-1)
+
+
+class _PairRelationKL(torch.autograd.Function):
+    """Σ over the B·N rows of the B blocks of KL(softmax(T) ‖ softmax(S)), S = s·sᵀ/τ, T = t·tᵀ/τ,
+    / (N·B²), computed ``chunk`` rows at a time in both passes: the B·N×B·N similarities are never
+    held whole (the backward recomputes each chunk). s B·N×C_s (grad), t B·N×C_t (no grad)."""
+
+    @staticmethod
+    def forward(ctx, s, t, temperature: float, B: int, chunk: int):
+        total = s.new_zeros((), dtype=torch.float64)
+        for start in range(0, s.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            log_s = _block_log_softmax(s, rows, temperature, B)
+            log_t = _block_log_softmax(t, rows, temperature, B)
+            total += (log_t.exp() * (log_t - log_s)).sum(dtype=torch.float64)
+        ctx.save_for_backward(s, t)
+        ctx.meta = (temperature, B, chunk)
+        N = s.shape[0] // B
+        return (total / (N * B * B)).to(s.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        s, t = ctx.saved_tensors
+        temperature, B, chunk = ctx.meta
+        N = s.shape[0] // B
+        scale = grad / (N * B * B * temperature)
+        grad_s = torch.zeros_like(s)
+        for start in range(0, s.shape[0], chunk):  # ∂/∂S = p_S − p_T per block row; S = s·sᵀ/τ
+            rows = slice(start, start + chunk)
+            g = (_block_log_softmax(s, rows, temperature, B).exp()
+                 - _block_log_softmax(t, rows, temperature, B).exp()).flatten(1) * scale
+            grad_s[rows] += g @ s
+            grad_s += g.T @ s[rows]
+        return grad_s, None, None, None, None
+
+
+def minibatch_pixel_relation(f_s: torch.Tensor, f_t: torch.Tensor, temperature: float,
+                             chunk_rows: int | None = None) -> torch.Tensor:
+    """CIRKD's mini-batch pixel-to-pixel term (module doc) over the B·N×B·N similarities of each
+    network, with the softmax over each image's N columns, ``chunk_rows`` rows at a time (default:
+    ``CHUNK_ELEMENTS`` similarities). f_s B×C_s×H×W, f_t B×C_t×H×W -> scalar."""
     B, N = f_s.shape[0], f_s.shape[2] * f_s.shape[3]
-    s = pixel_embeddings(f_s).reshape(B * N, -1)
-    with torch.no_grad():
-        t = pixel_embeddings(f_t.detach().to(s.dtype)).reshape(B * N, -1)
-        log_t = F.log_softmax((t @ t.T / temperature).view(B * N, B, N), dim=-1)
-    log_s = F.log_softmax((s @ s.T / temperature).view(B * N, B, N), dim=-1)
-    return (log_t.exp() * (log_t - log_s)).sum() / (N * B * B)
+    dt = torch.float64 if f_s.dtype == torch.float64 else torch.float32  # softmax over N·B columns
+    with torch.autocast(f_s.device.type, enabled=False):
+        s = pixel_embeddings(f_s.to(dt)).reshape(B * N, -1)
+        t = pixel_embeddings(f_t.detach().to(dt)).reshape(B * N, -1)
+        chunk = chunk_rows or max(1, CHUNK_ELEMENTS // (B * N))
+        return _PairRelationKL.apply(s, t, temperature, B, chunk)
 
 
 class MiniBatchPixel(DistillationLoss):
