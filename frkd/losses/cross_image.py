@@ -55,7 +55,8 @@ def _block_log_softmax(e: torch.Tensor, rows: slice, temperature: float, B: int)
 class _PairRelationKL(torch.autograd.Function):
     """Σ over the B·N rows of the B blocks of KL(softmax(T) ‖ softmax(S)), S = s·sᵀ/τ, T = t·tᵀ/τ,
     / (N·B²), computed ``chunk`` rows at a time in both passes: the B·N×B·N similarities are never
-    held whole (the backward recomputes each chunk). s B·N×C_s (grad), t B·N×C_t (no grad)."""
+    held whole (the backward recomputes each chunk; with one chunk it keeps p_S − p_T instead).
+    s B·N×C_s (grad), t B·N×C_t (no grad)."""
 
     @staticmethod
     def forward(ctx, s, t, temperature: float, B: int, chunk: int):
@@ -65,7 +66,10 @@ class _PairRelationKL(torch.autograd.Function):
             log_s = _block_log_softmax(s, rows, temperature, B)
             log_t = _block_log_softmax(t, rows, temperature, B)
             total += (log_t.exp() * (log_t - log_s)).sum(dtype=torch.float64)
-        ctx.save_for_backward(s, t)
+        if chunk >= s.shape[0]:  # one chunk: keep p_S − p_T rather than recompute it
+            ctx.save_for_backward(s, (log_s.exp() - log_t.exp()).flatten(1))
+        else:
+            ctx.save_for_backward(s, t)
         ctx.meta = (temperature, B, chunk)
         N = s.shape[0] // B
         return (total / (N * B * B)).to(s.dtype)
@@ -73,15 +77,18 @@ class _PairRelationKL(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        s, t = ctx.saved_tensors
+        s, kept = ctx.saved_tensors
         temperature, B, chunk = ctx.meta
         N = s.shape[0] // B
         scale = grad / (N * B * B * temperature)
         grad_s = torch.zeros_like(s)
         for start in range(0, s.shape[0], chunk):  # ∂/∂S = p_S − p_T per block row; S = s·sᵀ/τ
             rows = slice(start, start + chunk)
-            g = (_block_log_softmax(s, rows, temperature, B).exp()
-                 - _block_log_softmax(t, rows, temperature, B).exp()).flatten(1) * scale
+            if chunk >= s.shape[0]:
+                g = kept * scale
+            else:
+                g = (_block_log_softmax(s, rows, temperature, B).exp()
+                     - _block_log_softmax(kept, rows, temperature, B).exp()).flatten(1) * scale
             grad_s[rows] += g @ s
             grad_s += g.T @ s[rows]
         return grad_s, None, None, None, None
