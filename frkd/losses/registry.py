@@ -40,7 +40,7 @@ COMPONENTS = (
 
 
 def option_names(name: str | None = None) -> tuple[str, ...]:
-    """The options ``build_loss`` accepts (every recipe takes every option: terms compose)."""
+    """The options ``build_loss`` accepts, the same for every recipe ``name`` (terms compose)."""
     return tuple(OPTION_DEFAULTS)
 
 
@@ -61,8 +61,7 @@ def check_options(options: dict[str, Any]) -> None:
             raise ValueError(f"{option.flags[0]} must be >= 0, got {value}")
         if option.choices and value not in option.choices:
             raise ValueError(f"{option.flags[0]} must be one of {', '.join(option.choices)}, got {value!r}")
-    if options["kd_pixels"] == "fg" and options["lambda_kd"] != 0 and options["tau"] is not None \
-            and not 0 <= options["tau"] <= 1:
+    if options["tau"] is not None and not 0 <= options["tau"] <= 1:
         raise ValueError(f"--tau must lie in [0, 1], got {options['tau']}")
 
 
