@@ -6,19 +6,14 @@ tests/test_ops_*.py.
 """
 from __future__ import annotations
 
-import zlib
-
 import pytest
 import torch
 
 import frkd_kernels
 import naive
-from naive import FLOAT64_BACKENDS, assert_close, random_feat, random_labels, random_protos
-from test_ops_forward import STANDARD, run_class_distance_maps
-
-
-def _seed(*key) -> int:
-    return zlib.crc32(repr(key).encode())
+from naive import assert_close, random_feat, random_labels, random_protos
+from test_ops_backward import run_class_distance_maps_grad
+from test_ops_forward import STANDARD, run_class_distance_maps, seed_for, skip_unsupported
 
 
 @pytest.mark.parametrize("layout", ("contiguous", "sliced"))
@@ -52,7 +47,7 @@ def test_class_distance_maps_nan_cosine_counts_as_the_largest(backend_device):
     """docs/ops.md arg-max rule: a NaN cosine (here: an inf entry in class 2's prototype) wins over
     every number, and among NaNs the lowest k wins; intra keeps its own class's value."""
     backend, device = backend_device
-    gen = torch.Generator().manual_seed(_seed("nan"))
+    gen = torch.Generator().manual_seed(seed_for("nan"))
     feat, labels = random_feat(gen, 2, 5, 3, 4), random_labels(gen, 2, 3, 4, 5)
     counts = torch.ones(2, 5)
     protos = random_protos(gen, counts, 5)
@@ -67,12 +62,17 @@ def test_class_distance_maps_nan_cosine_counts_as_the_largest(backend_device):
     assert torch.equal(intra.cpu().isnan(), e_intra.isnan())
 
 
+@pytest.mark.parametrize("low", (torch.bfloat16, torch.float16), ids=str)
+def test_grad_low_precision_feat_fp32_protos_matches_naive(backend_device, low):
+    backend, device = backend_device
+    seed = seed_for("class_distance_maps", low)
+    run_class_distance_maps_grad(backend, device, low, "contiguous", seed, protos_dtype=torch.float32)
+
 
 @pytest.mark.parametrize("seed", range(3))
 def test_gradcheck_class_distance_maps(backend_device, seed):
     backend, device = backend_device
-    if backend not in FLOAT64_BACKENDS:
-        pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (docs/ops.md)")
+    skip_unsupported(backend, torch.float64)
     gen = torch.Generator().manual_seed(seed)
     feat = random_feat(gen, 2, 3, 3, 4, dtype=torch.float64)
     labels = random_labels(gen, 2, 3, 4, 3)

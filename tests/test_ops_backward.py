@@ -1,12 +1,11 @@
-"""Gradients of the differentiable frkd ops on every backend.
+"""Gradients of the differentiable frkd ops on every backend, the checks all of them share.
 
-float64 ``gradcheck`` on the backends that accept float64; every backend against the naive float64
-gradient with a random upstream gradient (the op is not the last layer); the ``*_backward`` ops'
-output dtypes and layouts; teacher-side inputs that need no gradient; double backward refused.
+Every backend against the naive float64 gradient with a random upstream gradient (the op is not
+the last layer); the ``*_backward`` ops' output dtypes and layouts; teacher-side inputs that need
+no gradient; double backward refused. Each op's own gradient rules (gradcheck, ties, mixed
+dtypes, ...) are in tests/test_<op>.py, which call the ``run_<op>_grad`` runners below.
 """
 from __future__ import annotations
-
-import zlib
 
 import pytest
 import torch
@@ -14,83 +13,29 @@ import torch
 import frkd_kernels
 import naive
 from frkd_kernels import _backend
-from naive import (FLOAT64_BACKENDS, FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos,
-                   with_layout)
+from naive import FLOAT_DTYPES, LAYOUTS, assert_close, random_feat, random_labels, random_protos, with_layout
+from test_ops_forward import seed_for
 
 K = 4
 SHAPE = (2, 5, 4, 7)  # B, C, H, W
 
 
-def _seed(*key) -> int:
-    return zlib.crc32(repr(key).encode())
+def _labels(gen):
+    B, _, H, W = SHAPE
+    return random_labels(gen, B, H, W, K)
 
 
-def _labels(gen, shape=SHAPE, num_classes=K):
-    B, _, H, W = shape
-    return random_labels(gen, B, H, W, num_classes)
-
-
-def _counts(feat, labels, num_classes=K, dtype=torch.float32):
-    return naive.prototype_pool(feat, labels, num_classes)[1].to(dtype).to(feat.device)
+def _counts(feat, labels):
+    return naive.prototype_pool(feat, labels, K)[1].to(torch.float32).to(feat.device)
 
 
 def _leaf(t: torch.Tensor, layout: str = "contiguous") -> torch.Tensor:
     return with_layout(t, layout).requires_grad_()
 
 
-def _float64_only(backend):
-    if backend not in FLOAT64_BACKENDS:
-        pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (docs/ops.md)")
-
-
-# --- gradcheck (float64) ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("seed", range(3))
-def test_gradcheck_prototype_pool(backend_device, seed):
-    backend, device = backend_device
-    _float64_only(backend)
-    gen = torch.Generator().manual_seed(seed)
-    shape = (2, 3, 3, 4)
-    feat = random_feat(gen, *shape, dtype=torch.float64).to(device).requires_grad_()
-    labels = _labels(gen, shape, 3).to(device)
-    with frkd_kernels.use_backend(backend):
-        assert torch.autograd.gradcheck(lambda f: frkd_kernels.prototype_pool(f, labels, 3)[0], (feat,), fast_mode=True)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_gradcheck_prototypes_into_features(backend_device, seed):
-    """prototype_pool -> class_distance_maps: the gradient reaches feat directly and via protos."""
-    backend, device = backend_device
-    _float64_only(backend)
-    gen = torch.Generator().manual_seed(seed)
-    shape = (2, 3, 3, 4)
-    feat = random_feat(gen, *shape, dtype=torch.float64).to(device).requires_grad_()
-    labels = _labels(gen, shape, 3).to(device)
-
-    def maps(f):
-        protos, counts = frkd_kernels.prototype_pool(f, labels, 3)
-        return frkd_kernels.class_distance_maps(f, labels, protos, counts)
-
-    with frkd_kernels.use_backend(backend):
-        assert torch.autograd.gradcheck(maps, (feat,), fast_mode=True)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_gradcheck_masked_feature_mse(backend_device, seed):
-    backend, device = backend_device
-    _float64_only(backend)
-    gen = torch.Generator().manual_seed(seed)
-    student, teacher = (random_feat(gen, 2, 3, 3, 4, dtype=torch.float64).to(device).requires_grad_()
-                        for _ in range(2))
-    weight = torch.rand(2, 3, 4, generator=gen).to(device)
-    with frkd_kernels.use_backend(backend):
-        assert torch.autograd.gradcheck(
-            lambda s, t: frkd_kernels.masked_feature_mse(s, t, weight), (student, teacher), fast_mode=True)
-
-
 # --- every backend against the naive gradient -------------------------------------------------
 
-def _prototype_pool_case(backend, device, dtype, layout, seed):
+def run_prototype_pool_grad(backend, device, dtype, layout, seed):
     gen = torch.Generator().manual_seed(seed)
     feat, labels = random_feat(gen, *SHAPE, dtype=dtype), _labels(gen)
     grad_protos = torch.randn(SHAPE[0], K, SHAPE[1], generator=gen)
@@ -101,7 +46,7 @@ def _prototype_pool_case(backend, device, dtype, layout, seed):
     assert_close(got, naive.prototype_pool_grad(grad_protos, feat, labels, K), what="grad feat")
 
 
-def _class_distance_maps_case(backend, device, dtype, layout, seed, protos_dtype=None):
+def run_class_distance_maps_grad(backend, device, dtype, layout, seed, protos_dtype=None):
     gen = torch.Generator().manual_seed(seed)
     feat, labels = random_feat(gen, *SHAPE, dtype=dtype, zero_pixels=True), _labels(gen)
     counts = _counts(feat, labels).to(device)
@@ -120,7 +65,7 @@ def _class_distance_maps_case(backend, device, dtype, layout, seed, protos_dtype
     assert torch.all(got_protos.cpu()[counts.cpu() == 0] == 0), "an absent class's prototype must get no gradient"
 
 
-def _masked_feature_mse_case(backend, device, dtype, layout, seed, teacher_dtype=None):
+def run_masked_feature_mse_grad(backend, device, dtype, layout, seed, teacher_dtype=None):
     gen = torch.Generator().manual_seed(seed)
     student, teacher = random_feat(gen, *SHAPE, dtype=dtype), random_feat(gen, *SHAPE, dtype=teacher_dtype or dtype)
     weight = torch.rand(SHAPE[0], *SHAPE[2:], generator=gen)
@@ -134,9 +79,9 @@ def _masked_feature_mse_case(backend, device, dtype, layout, seed, teacher_dtype
 
 
 GRAD_CASES = {
-    "prototype_pool": _prototype_pool_case,
-    "class_distance_maps": _class_distance_maps_case,
-    "masked_feature_mse": _masked_feature_mse_case,
+    "prototype_pool": run_prototype_pool_grad,
+    "class_distance_maps": run_class_distance_maps_grad,
+    "masked_feature_mse": run_masked_feature_mse_grad,
 }
 
 
@@ -145,30 +90,7 @@ GRAD_CASES = {
 @pytest.mark.parametrize("op", GRAD_CASES)
 def test_grad_matches_naive(backend_device, op, dtype, layout):
     backend, device = backend_device
-    GRAD_CASES[op](backend, device, dtype, layout, _seed(op, dtype, layout))
-
-
-@pytest.mark.parametrize("low", (torch.bfloat16, torch.float16), ids=str)
-@pytest.mark.parametrize("op", ("class_distance_maps", "masked_feature_mse"))
-def test_grad_mixed_dtypes_match_naive(backend_device, op, low):
-    """Low-precision features against float32 prototypes / a float32 teacher."""
-    backend, device = backend_device
-    GRAD_CASES[op](backend, device, low, "contiguous", _seed(op, low), torch.float32)
-
-
-def test_grad_through_prototypes_matches_naive(backend_device):
-    backend, device = backend_device
-    gen = torch.Generator().manual_seed(17)
-    feat, labels = random_feat(gen, *SHAPE), _labels(gen)
-    grad_intra, grad_inter = torch.randn(2, SHAPE[0], SHAPE[2], SHAPE[3], generator=gen)
-    x = feat.to(device).requires_grad_()
-    with frkd_kernels.use_backend(backend):
-        protos, counts = frkd_kernels.prototype_pool(x, labels.to(device), K)
-        intra, inter = frkd_kernels.class_distance_maps(x, labels.to(device), protos, counts)
-        (got,) = torch.autograd.grad((intra, inter), x, (grad_intra.to(device), grad_inter.to(device)))
-    want_protos, want_counts = naive.prototype_pool(feat, labels, K)
-    direct, via_protos = naive.class_distance_maps_grad(grad_intra, grad_inter, feat, labels, want_protos, want_counts)
-    assert_close(got, direct + naive.prototype_pool_grad(via_protos, feat, labels, K), what="grad feat")
+    GRAD_CASES[op](backend, device, dtype, layout, seed_for(op, dtype, layout))
 
 
 # --- the backward ops: dtype and layout of each gradient --------------------------------------
@@ -184,7 +106,7 @@ def _assert_like(grad: torch.Tensor, inp: torch.Tensor, what: str):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_backward_ops_return_input_dtype_and_layout(backend_device, dtype, layout):
     backend, device = backend_device
-    gen = torch.Generator().manual_seed(_seed(dtype, layout))
+    gen = torch.Generator().manual_seed(seed_for(dtype, layout))
     feat = with_layout(random_feat(gen, *SHAPE, dtype=dtype).to(device), layout)
     labels = _labels(gen).to(device)
     protos = with_layout(torch.randn(SHAPE[0], K, SHAPE[1], generator=gen).to(device), layout)  # fp32 meets dtype
@@ -244,18 +166,6 @@ def test_teacher_side_needs_no_grad(backend_device, backward_calls):
     assert teacher.grad is None and student.grad is not None
     needs = {func: args[-2:] for _, func, args in backward_calls if func.endswith("_backward")}
     assert needs == {"masked_feature_mse_backward": (True, False), "class_distance_maps_backward": (True, False)}
-
-
-def test_teacher_entropy_on_logits_requiring_grad(backend_device):
-    backend, device = backend_device
-    gen = torch.Generator().manual_seed(6)
-    logits = random_feat(gen, 2, 5, 3, 4).to(device).requires_grad_()
-    with frkd_kernels.use_backend(backend):
-        entropy, pred = frkd_kernels.teacher_entropy(logits)
-    assert not entropy.requires_grad and not pred.requires_grad, "teacher_entropy outputs carry no gradient"
-    want_entropy, want_pred = naive.teacher_entropy(logits)
-    assert_close(entropy, want_entropy, what="entropy")
-    assert torch.equal(pred.cpu(), want_pred)
 
 
 def _first_grads(op, backend, device):

@@ -1,7 +1,9 @@
 """Forward of every frkd op on every backend against the naive float64 oracle (tests/naive.py).
 
-Dtypes, memory layouts, mixed dtypes, awkward shapes and label encodings, output dtypes.
-Shapes stay tiny (B <= 2, C <= 24, H·W <= 60, K <= 6) so the Triton interpreter keeps up.
+Dtypes, memory layouts, awkward shapes and label encodings, output dtypes, for all ops alike.
+Each op's own rules (conventions, ties, mixed dtypes, ...) are in tests/test_<op>.py, which call
+the runners below. Shapes stay tiny (B <= 2, C <= 24, H·W <= 60, K <= 6) so the Triton
+interpreter keeps up.
 """
 from __future__ import annotations
 
@@ -50,11 +52,12 @@ AWKWARD_LABELS = {  # only the ops that read labels (or feature norms) see a dif
 MORE_SEEDS = (11, 1234, 987654321)  # fixed: a failure reruns the same inputs
 
 
-def _seed(*key) -> int:
+def seed_for(*key) -> int:
+    """A fixed seed per test parameter set (the same on every run)."""
     return zlib.crc32(repr(key).encode())
 
 
-def _inputs(case: Case, seed: int, dtype=torch.float32, device="cpu"):
+def case_inputs(case: Case, seed: int, dtype=torch.float32, device="cpu"):
     """(feat, labels) for a case, on device."""
     gen = torch.Generator().manual_seed(seed)
     feat = random_feat(gen, case.B, case.C, case.H, case.W, dtype=dtype, zero_pixels=case.zero_pixels)
@@ -64,7 +67,7 @@ def _inputs(case: Case, seed: int, dtype=torch.float32, device="cpu"):
     return feat.to(device), labels.to(device)
 
 
-def _skip_unsupported(backend: str, *dtypes: torch.dtype):
+def skip_unsupported(backend: str, *dtypes: torch.dtype):
     if torch.float64 in dtypes and backend not in FLOAT64_BACKENDS:
         pytest.skip(f"float64 is served by {FLOAT64_BACKENDS} only (docs/ops.md)")
 
@@ -83,7 +86,7 @@ def _check_stat(out: torch.Tensor, expected: torch.Tensor, stat_dtype, what: str
 # --- runners: call one op under a backend and compare with the oracle -------------------------
 
 def run_prototype_pool(backend, device, case, seed, dtype=torch.float32, layout="contiguous"):
-    feat, labels = _inputs(case, seed, dtype, device)
+    feat, labels = case_inputs(case, seed, dtype, device)
     with frkd_kernels.use_backend(backend):
         protos, counts = frkd_kernels.prototype_pool(with_layout(feat, layout), with_layout(labels, layout),
                                                      case.K, case.ignore_index)
@@ -95,7 +98,7 @@ def run_prototype_pool(backend, device, case, seed, dtype=torch.float32, layout=
 def run_class_distance_maps(backend, device, case, seed, dtype=torch.float32, layout="contiguous",
                             protos_dtype=None):
     protos_dtype = protos_dtype or dtype
-    feat, labels = _inputs(case, seed, dtype, device)
+    feat, labels = case_inputs(case, seed, dtype, device)
     gen = torch.Generator().manual_seed(seed + 1)
     counts = naive.prototype_pool(feat, labels, case.K, case.ignore_index)[1].to(_stat_dtype(dtype))
     protos = random_protos(gen, counts, case.C, protos_dtype)
@@ -152,22 +155,22 @@ RUNNERS = {
 @pytest.mark.parametrize("op", RUNNERS)
 def test_matches_naive(backend_device, op, dtype, layout):
     backend, device = backend_device
-    _skip_unsupported(backend, dtype)
-    RUNNERS[op](backend, device, STANDARD, _seed(op, dtype, layout), dtype=dtype, layout=layout)
+    skip_unsupported(backend, dtype)
+    RUNNERS[op](backend, device, STANDARD, seed_for(op, dtype, layout), dtype=dtype, layout=layout)
 
 
 @pytest.mark.parametrize("case", AWKWARD_SHAPES)
 @pytest.mark.parametrize("op", RUNNERS)
 def test_awkward_shapes(backend_device, op, case):
     backend, device = backend_device
-    RUNNERS[op](backend, device, AWKWARD_SHAPES[case], _seed(op, case))
+    RUNNERS[op](backend, device, AWKWARD_SHAPES[case], seed_for(op, case))
 
 
 @pytest.mark.parametrize("case", AWKWARD_LABELS)
 @pytest.mark.parametrize("op", ("prototype_pool", "class_distance_maps"))
 def test_awkward_labels(backend_device, op, case):
     backend, device = backend_device
-    RUNNERS[op](backend, device, AWKWARD_LABELS[case], _seed(op, case))
+    RUNNERS[op](backend, device, AWKWARD_LABELS[case], seed_for(op, case))
 
 
 @pytest.mark.parametrize("seed", MORE_SEEDS)
@@ -175,59 +178,3 @@ def test_awkward_labels(backend_device, op, case):
 def test_more_seeds(backend_device, op, seed):
     backend, device = backend_device
     RUNNERS[op](backend, device, Case(C=9, H=5, W=6, K=5), seed)
-
-
-@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
-@pytest.mark.parametrize("student_dtype", (torch.bfloat16, torch.float16), ids=str)
-def test_masked_feature_mse_low_precision_student_fp32_teacher(backend_device, student_dtype, layout):
-    backend, device = backend_device
-    run_masked_feature_mse(backend, device, STANDARD, 11, student_dtype, layout, teacher_dtype=torch.float32)
-
-
-def test_masked_feature_mse_float64_weight(backend_device):
-    backend, device = backend_device
-    _skip_unsupported(backend, torch.float64)
-    run_masked_feature_mse(backend, device, STANDARD, 13, weight_dtype=torch.float64)
-
-
-def test_prototype_pool_absent_and_ignored_are_exact(backend_device):
-    """Absent classes: protos exactly 0 and counts 0; an all-ignored image: all zeros."""
-    backend, device = backend_device
-    case = Case(K=5, all_ignored_image=True)
-    feat, labels = _inputs(case, 3, device=device)
-    labels[0][labels[0] == 3] = case.ignore_index
-    with frkd_kernels.use_backend(backend):
-        protos, counts = frkd_kernels.prototype_pool(feat, labels, case.K)
-    assert counts[0, 3] == 0 and counts[0, 4] == 0
-    assert torch.count_nonzero(protos[0, 3:]) == 0
-    assert torch.count_nonzero(counts[-1]) == 0 and torch.count_nonzero(protos[-1]) == 0
-
-
-@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
-def test_teacher_entropy_ties_take_lowest_class(backend_device, dtype):
-    backend, device = backend_device
-    logits = torch.tensor([[2.0, 5.0, 5.0, 1.0], [7.0, 7.0, 7.0, 7.0]]).T.reshape(1, 4, 1, 2).to(dtype).to(device)
-    with frkd_kernels.use_backend(backend):
-        entropy, pred = frkd_kernels.teacher_entropy(logits)
-    assert pred.cpu().tolist() == [[[1, 0]]]
-    assert abs(float(entropy[0, 0, 1]) - 1.0) < 1e-5, "uniform logits have entropy 1"
-
-
-@pytest.mark.parametrize("gap", (50.0, 1e4))
-def test_teacher_entropy_stable_for_large_logit_gaps(backend_device, gap):
-    backend, device = backend_device
-    gen = torch.Generator().manual_seed(2)
-    logits = torch.randn(2, 6, 3, 4, generator=gen)
-    logits[:, 3] += gap
-    with frkd_kernels.use_backend(backend):
-        entropy, pred = frkd_kernels.teacher_entropy(logits.to(device), temperature=0.5)
-    assert torch.isfinite(entropy).all(), "entropy must stay finite for large logit gaps"
-    assert (entropy >= 0).all() and (entropy <= 1).all()
-    assert torch.all(pred == 3)
-    assert float(entropy.max()) < 1e-3, "a near one-hot softmax has entropy ~0"
-
-
-@pytest.mark.parametrize("temperature", (0.25, 4.0))
-def test_teacher_entropy_temperature(backend_device, temperature):
-    backend, device = backend_device
-    run_teacher_entropy(backend, device, Case(K=6), 21, temperature=temperature)

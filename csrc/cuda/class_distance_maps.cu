@@ -1,7 +1,7 @@
 // class_distance_maps on CUDA (docs/ops.md), forward and backward.
 //
 // Forward, three passes:
-//  1. psq[b, k] = |protos[b, k]|²                       (prototype_norms.cuh)
+//  1. psq[b, k] = |protos[b, k]|²                       (prototype_sumsq, also in the backward)
 //  2. dots[b, k, p] = feat[b, :, p] · protos[b, k, :] and fsq[b, p] = |feat[b, :, p]|², a small
 //     GEMM per image tiled over 64 pixels × 32 classes, channels streamed through shared memory
 //  3. per pixel over k: cos with the eps rule, intra = cos to its own class (1 when ignored),
@@ -17,7 +17,6 @@
 // Pass 1 (one thread per pixel) computes the two dot products, writes grad_feat and stores
 // (class, a, gc) pairs; pass 2 sums them per class with `class_pool` (class_pool.cuh).
 #include "cuda/class_pool.cuh"
-#include "cuda/prototype_norms.cuh"
 
 namespace frkd::cuda {
 namespace {
@@ -26,6 +25,32 @@ constexpr int kDotPixels = 64, kDotClasses = 32, kDotChannels = 32;
 constexpr int kDotThreads = 256;
 constexpr int kClassesPerThread = kDotClasses * kDotPixels / kDotThreads;  // 8
 constexpr int kThreads = 256;
+constexpr int kNormWarps = 8;  // prototype rows per block of row_sumsq_kernel: one warp each
+
+// psq[r] = Σ_c protos[r, c]² for the B·K rows of a contiguous B×K×C array of type A.
+template <class A>
+__global__ void __launch_bounds__(32 * kNormWarps) row_sumsq_kernel(const A* __restrict__ protos, int64_t rows,
+                                                                    int64_t C, A* __restrict__ psq) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kNormWarps + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;  // whole warps leave together
+  A sum = A(0);
+  for (int64_t c = lane; c < C; c += 32) {
+    const A v = protos[row * C + c];
+    sum += v * v;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  if (lane == 0) psq[row] = sum;
+}
+
+// The prototypes' squared norms, for the forward's cosines and the backward's gradients.
+template <class A>
+void prototype_sumsq(const A* protos, int64_t rows, int64_t C, A* psq, cudaStream_t stream) {
+  if (rows == 0) return;
+  row_sumsq_kernel<A><<<grid_x(ceil_div(rows, kNormWarps)), 32 * kNormWarps, 0, stream>>>(
+      protos, rows, C, psq);
+  check_launch("row_sumsq_kernel");
+}
 
 template <class T, class A>
 __global__ void __launch_bounds__(kDotThreads) class_dots_kernel(const T* __restrict__ feat, int64_t C, int64_t W,
