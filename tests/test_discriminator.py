@@ -8,34 +8,12 @@ from torch import nn
 
 from frkd import pipeline
 from frkd.config import build_config
-from frkd.losses import registry
-from frkd.losses.base import DistillationLoss
 from test_train import TINY, run_train
 
 
-class FakeAdversarial(DistillationLoss):
-    """A student term pushing a 1×1-conv critic's score of the student logits up; the critic learns
-    teacher vs student (a WGAN-like pair, simple enough to check by hand)."""
-
-    def __init__(self, *, lambda_adv: float = 0.1, lambda_d: float = 1.0, **common):
-        super().__init__(**common)
-        self.lambda_adv, self.lambda_d = lambda_adv, lambda_d
-        self.critic = nn.Conv2d(self.num_classes, 1, 1)
-
-    def discriminator_parameters(self):
-        return list(self.critic.parameters())
-
-    def forward(self, student, teacher, labels):
-        return {"adv": -self.lambda_adv * self.critic(student.logits).mean()}
-
-    def discriminator_loss(self, student, teacher):
-        assert not student.logits.requires_grad  # the engine passes the student detached
-        return self.lambda_d * (self.critic(student.logits).mean() - self.critic(teacher.logits).mean())
-
-
-@pytest.fixture
-def fake_adversarial(monkeypatch):
-    monkeypatch.setitem(registry.LOSSES, "fakeadv", FakeAdversarial)
+# the adversarial term alone: a student term −λ_adv·D(Z_S) and the discriminator's own loss λ_d·(...)
+ADVERSARIAL = {"lambda_kd": 0.0, "lambda_adv": 0.1, "lambda_d": 1.0}
+ADVERSARIAL_FLAGS = ["--method", "kd", "--lambda-kd", "0", "--lambda-adv", "0.1", "--lambda-d", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +26,13 @@ def teacher_file(tmp_path_factory):
 
 
 def tiny_config(out_dir, teacher_file, **fields):
-    return build_config(method="fakeadv", crop_size=(32, 32), batch_size=2, width=4, teacher_width=4,
+    return build_config(method="kd", options=dict(ADVERSARIAL), crop_size=(32, 32), batch_size=2, width=4, teacher_width=4,
                         teacher_backbone="resnet18", student_model="pspnet", max_iterations=4, val_per_iters=2,
                         log_per_iters=1, save_per_iters=2, val_batch_size=50, workers=0, device="cpu",
                         teacher_ckpt=teacher_file, out_dir=str(out_dir), **fields)
 
 
-def test_the_discriminator_has_its_own_adam_and_one_step_per_student_step(tmp_path, teacher_file, fake_adversarial):
+def test_the_discriminator_has_its_own_adam_and_one_step_per_student_step(tmp_path, teacher_file):
     config = pipeline.prepare(tiny_config(tmp_path, teacher_file))
     from frkd.distributed import init_distributed
     from frkd.run_log import MetricsLog
@@ -76,16 +54,16 @@ def test_the_discriminator_has_its_own_adam_and_one_step_per_student_step(tmp_pa
     images, labels = next(iter(trainer._train_loader()))
     values = trainer._train_step(images, labels)
     assert "discriminator" in values and "adv" in values
-    # Adam's first step moves every weight with a non-zero gradient by lr (bias-corrected m/√v = ±1), and
-    # the bias not at all (the score difference does not depend on it); had the student's SGD (lr 0.02,
-    # momentum, weight decay) also stepped them, the moves would differ.
-    weight_step = (critic[0].detach() - before[0]).abs()
-    assert torch.allclose(weight_step, torch.full_like(weight_step, 4e-4), rtol=1e-3), weight_step
-    assert torch.equal(critic[1].detach(), before[1])
+    # Adam's first step moves every weight with a non-negligible gradient by lr (bias-corrected m/√v = ±1);
+    # had the student's SGD (lr 0.02, momentum, weight decay) also stepped them, the moves would differ.
+    steps = torch.cat([(p.detach() - b).abs().flatten() for p, b in zip(critic, before)])
+    moved = steps[steps > 0]
+    assert moved.numel() > 0.5 * steps.numel() and moved.max() <= 4e-4 * (1 + 1e-3)
+    assert (torch.isclose(moved, torch.full_like(moved, 4e-4), rtol=1e-2)).float().mean() > 0.9
 
 
-def test_discriminator_state_is_checkpointed_and_resumed_bit_exactly(tmp_path, teacher_file, fake_adversarial):
-    common = ["--method", "fakeadv", "--teacher-ckpt", teacher_file, "--lr-d", "0.001"] + TINY
+def test_discriminator_state_is_checkpointed_and_resumed_bit_exactly(tmp_path, teacher_file):
+    common = ADVERSARIAL_FLAGS + ["--teacher-ckpt", teacher_file, "--lr-d", "0.001"] + TINY
     whole, pieces = str(tmp_path / "whole"), str(tmp_path / "pieces")
     assert run_train(common + ["--out-dir", whole])[0] == 0
     code, stdout, _ = run_train(common + ["--out-dir", pieces, "--stop-at-iteration", "3"])
@@ -93,9 +71,9 @@ def test_discriminator_state_is_checkpointed_and_resumed_bit_exactly(tmp_path, t
     assert run_train(common + ["--out-dir", pieces, "--resume", "auto"])[0] == 0
     a = torch.load(os.path.join(whole, "last.pt"), weights_only=False)
     b = torch.load(os.path.join(pieces, "last.pt"), weights_only=False)
-    assert a["config"]["optim"]["lr_d"] == 0.001 and a["config"]["loss"]["resolved"] == {"lambda_adv": 0.1,
-                                                                                          "lambda_d": 1.0}
-    assert a["loss"].keys() == {"critic.weight", "critic.bias"}
+    resolved = a["config"]["loss"]["resolved"]
+    assert a["config"]["optim"]["lr_d"] == 0.001 and (resolved["lambda_adv"], resolved["lambda_d"]) == (0.1, 1.0)
+    assert a["loss"] and all(k.startswith("components.adversarial.") for k in a["loss"])
     for key in a["loss"]:
         assert torch.equal(a["loss"][key], b["loss"][key]), key
     for sa, sb in zip(a["d_optimizer"]["state"].values(), b["d_optimizer"]["state"].values()):

@@ -74,7 +74,7 @@ def test_cuda_without_a_gpu(tmp_path):
     (["--ignore-label", "2"], "--ignore-label: expected a value outside the class ids 0..3, got 2"),
     (["--method", "kd", "--lambda-kd", "nan"], "--lambda-kd: expected a finite number, got nan"),
     (["--method", "kd", "--lambda-kd", "-1"], "--lambda-kd: expected a weight >= 0, got -1.0"),
-    (["--method", "kd", "--lambda-feat", "1"], "--lambda-feat does not apply to --method kd"),
+    (["--method", "none", "--lambda-kd", "1"], "--lambda-kd needs a teacher, but --method none trains without one"),
     (["--num-classes", "3", "--dataset", "voc", "--data", "."], "--num-classes: applies to --dataset synthetic only"),
 ])
 def test_bad_numbers_are_refused_before_any_work(tmp_path, flags, message):
