@@ -56,14 +56,10 @@ def test_teacher_entropy_on_logits_requiring_grad(backend_device):
     assert torch.equal(pred.cpu(), want_pred)
 
 
-def test_teacher_entropy_nan_logit_counts_as_the_largest(backend_device, request):
+def test_teacher_entropy_nan_logit_counts_as_the_largest(backend_device):
     """docs/ops.md arg-max rule: a NaN logit wins over every number (here over +inf), and among NaNs
     the lowest k wins, as in torch.argmax."""
     backend, device = backend_device
-    if backend == "triton":  # strict: passing turns red, so the mark goes when the kernel is fixed
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "known bug: frkd_kernels/triton_ops/teacher_entropy.py takes the arg-max with tl.max and "
-            "`>`, which skip NaN logits")))
     nan, inf = float("nan"), float("inf")
     logits = torch.tensor([[1.0, nan, 5.0, inf], [nan, 2.0, nan, 0.0], [0.0, 3.0, 3.0, nan]]).T.reshape(1, 4, 1, 3)
     with frkd_kernels.use_backend(backend):
@@ -71,3 +67,11 @@ def test_teacher_entropy_nan_logit_counts_as_the_largest(backend_device, request
     want = torch.argmax(logits, dim=1)
     assert want.tolist() == [[[1, 0, 3]]]
     assert torch.equal(pred.cpu(), want), f"pred {pred.tolist()}, expected {want.tolist()}"
+    # K = 70 spans two class chunks of the Triton kernel: a NaN in the later chunk still beats the
+    # earlier +inf, and a NaN in the earlier chunk is not displaced by a later one
+    many = torch.zeros(1, 70, 1, 2)
+    many[0, 3, 0, 0], many[0, 66, 0, 0], many[0, 68, 0, 0] = inf, nan, nan
+    many[0, 5, 0, 1], many[0, 69, 0, 1] = nan, nan
+    with frkd_kernels.use_backend(backend):
+        _, pred = frkd_kernels.teacher_entropy(many.to(device))
+    assert pred.cpu().tolist() == torch.argmax(many, dim=1).tolist() == [[[66, 5]]]

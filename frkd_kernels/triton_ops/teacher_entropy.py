@@ -39,11 +39,16 @@ def _teacher_entropy_kernel(
         mask_k = offs_k < K
         z = tl.load(base + offs_k[:, None] * stride_k, mask=mask_k[:, None] & mask_p[None, :], other=0.0)
         z = tl.where(mask_k[:, None], z.to(tl.float32), float("-inf"))
-        # arg-max of the raw logits, lowest k on ties (chunks arrive in increasing k)
-        chunk_best = tl.max(z, axis=0)
+        # arg-max of the raw logits, lowest k on ties, a NaN counting as the largest value (docs/ops.md;
+        # chunks arrive in increasing k, so the first NaN found stays)
+        is_nan = z != z
+        nan_k = tl.min(tl.where(is_nan, offs_k[:, None], K), axis=0)
+        chunk_has_nan = nan_k < K
+        chunk_best = tl.max(tl.where(is_nan, float("-inf"), z), axis=0)
         chunk_arg = tl.min(tl.where(z == chunk_best[None, :], offs_k[:, None], K), axis=0)
-        take = chunk_best > best
-        best = tl.where(take, chunk_best, best)
+        chunk_arg = tl.where(chunk_has_nan, nan_k, chunk_arg)
+        take = (best == best) & (chunk_has_nan | (chunk_best > best))
+        best = tl.where(take, tl.where(chunk_has_nan, float("nan"), chunk_best), best)
         pred = tl.where(take, chunk_arg.to(tl.int64), pred)
         # online softmax statistics of x = z / T
         x = z / temperature
