@@ -10,7 +10,7 @@ import argparse
 
 from .config import (AMP_CHOICES, BACKBONES, DATASET_DEFAULTS, DATASETS, EVAL_MODES, FEATURE_TAPS, FIELD_SECTION,
                      MODELS, RunConfig, resolve)
-from .losses.cli import SWITCH_FLAGS, VALUE_FLAGS
+from .losses.recipes import OPTIONS
 
 # argparse dest -> config field, where the names differ
 DEST_FIELDS = {"data": "root", "teacher_pretrained": "teacher_ckpt"}
@@ -137,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     from .config import ConfigError
     from .losses import loss_options
 
-    loss_dests = {f[1] for f in VALUE_FLAGS} | {f[1] for f in SWITCH_FLAGS}
+    loss_dests = {option.dest for option in OPTIONS}
     fields = {}
     for dest, value in vars(args).items():
         if value is None or dest in NOT_CONFIG or dest in loss_dests:

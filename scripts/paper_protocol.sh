@@ -3,6 +3,18 @@
 # DeepLabV3-ResNet101 teacher -> DeepLabV3-ResNet18 student, batch 16 (global), 40k iterations,
 # SGD lr 0.02 momentum 0.9 poly 0.9, crop 512x1024 (cityscapes) / 512x512 (voc), output stride 8.
 # Every student row uses the same teacher and the same number of iterations.
+# Each row is one loss recipe with CIRKD's weights (docs/method.md "Recipes"):
+#   none    CE only                                   train_baseline/citys/deeplabv3_res18.sh
+#   kd      KD 1                                      train_kd.py --lambda-kd 1
+#   ifvd    KD 1 + IFV 20 + adversarial 0.001 / D 0.1 train_kd/train_ifvd.sh
+#   cwd     KD 1 + CWD features 50 + CWD logits 3 + adversarial 0.001 / D 0.1   train_kd/train_cwd.sh
+#   fitnet  KD 1 + FitNet 10                          train_kd/train_fitnet.sh
+#   cirkd   KD 1 + mini-batch pixel 1 + memory pixel 0.1 + memory region 0.1 (voc: 0.01 / 0.01)
+#                                                     train_cirkd/{citys,voc}/deeplabv3_res18.sh
+#   frkd    FRKD feature terms + KD on the filter's foreground
+#   idd     IDD 20 alone (not a CIRKD row; add it to METHODS to run it)
+# One row by hand, e.g. CIRKD's IFVD row:  torchrun ... -m frkd.train --method ifvd  (weights built in;
+# any --lambda-* flag overrides one or adds a term).
 #
 # Usage:  DATA=/data/cityscapes scripts/paper_protocol.sh cityscapes
 #         DATA=/data/VOCAug TEACHER=runs/paper-voc/teacher/last.pt scripts/paper_protocol.sh voc
@@ -12,7 +24,7 @@
 #                                teacher is trained first (40k iterations) into $OUT/teacher/
 #   R101_PRETRAINED, R18_PRETRAINED  torchvision ImageNet .pth files for the backbones (recommended:
 #                                the reference numbers below all start from ImageNet weights)
-#   METHODS="none kd cwd ifvd idd fitnet frkd"   SEEDS="0"   ABLATIONS=0 (1: add FRKD ablation rows)
+#   METHODS="none kd ifvd cwd fitnet cirkd frkd"   SEEDS="0"   ABLATIONS=0 (1: add FRKD ablation rows)
 #   LR=0.02  OUT=runs/paper-<dataset>  EXTRA="--amp bf16"  (more frkd.train flags for every run)
 # Runs resume (--resume auto) when the script is started again; finished runs are skipped.
 # At the end scripts/paper_table.py prints the table (mean ± std over seeds) beside the
@@ -26,7 +38,7 @@ case "$DATASET" in
 esac
 : "${DATA:?set DATA to the $DATASET root folder}"
 NPROC=${NPROC:-8}
-METHODS=${METHODS:-none kd cwd ifvd idd fitnet frkd}
+METHODS=${METHODS:-none kd ifvd cwd fitnet cirkd frkd}
 SEEDS=${SEEDS:-0}
 LR=${LR:-0.02}
 OUT=${OUT:-runs/paper-$DATASET}

@@ -98,7 +98,7 @@ def test_full_run_trains_the_teacher_then_the_student_and_writes_every_output(ru
     assert last["iteration"] == 4 and last["phase"] == "student"
     assert {"model", "loss", "optimizer", "scaler", "rng", "best_miou", "config", "model_config"} <= set(last)
     assert last["config"]["loss"]["resolved"] == summary["config"]["loss"]["resolved"]
-    assert "phi.weight" in last["loss"]
+    assert "components.frkd.phi.weight" in last["loss"]  # the frkd recipe's φ
     assert {"python", "numpy", "torch", "cuda"} <= set(last["rng"][0])
     assert not [f for f in os.listdir(out_dir) if f.endswith(".tmp")]
 

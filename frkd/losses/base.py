@@ -47,6 +47,15 @@ class DistillationLoss(nn.Module):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
 
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        """Parameters that the discriminator optimizer steps (none unless the loss is adversarial);
+        the student optimizer must exclude them."""
+        return []
+
+    def discriminator_loss(self, student, teacher) -> torch.Tensor:
+        """λ_d × the discriminator's loss on (student, teacher) outputs; only adversarial losses have one."""
+        raise RuntimeError(f"{type(self).__name__} has no discriminator (discriminator_parameters() is empty)")
+
     def labels_at(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """labels B×Hin×Win -> B×H×W int64 at the H×W of ``like`` (B×·×H×W)."""
         if labels.dim() != 3 or labels.shape[0] != like.shape[0]:

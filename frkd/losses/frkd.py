@@ -1,4 +1,4 @@
-"""The FRKD loss (DESIGN §3): pseudo-knowledge filter, prototypes, intra/inter terms, coordinate
+"""The FRKD loss (docs/method.md): pseudo-knowledge filter, prototypes, intra/inter terms, coordinate
 mask, one weighted feature MSE, and fg-weighted pixel KD.
 
 Shapes: f_s = φ(F_S) and f_t are B×C_t×H×W, z_t/z_s B×K×H×W, y B×H×W labels at the feature size.
@@ -15,7 +15,7 @@ import torch.nn as nn
 import frkd_kernels
 
 from .base import DistillationLoss, check_same_grid, valid_pixels
-from .logits import channel_wise_kd, pixel_kd
+from .logits import pixel_kd
 from .relations import inter_term, intra_term
 
 TERMS = ("feat", "intra", "inter")
@@ -23,7 +23,7 @@ TERMS = ("feat", "intra", "inter")
 
 def pseudo_knowledge_filter(z_t, y, *, num_classes: int, ignore_index: int = 255, tau: float | None = None,
                             pseudo_filter: bool = True, fgbg: bool = True, ops=None):
-    """Split pixels by the teacher's reliability (DESIGN §3.1). z_t B×K×H×W, y B×H×W.
+    """Split pixels by the teacher's reliability (docs/method.md step 1). z_t B×K×H×W, y B×H×W.
 
     pseudo = valid ∧ pred ≠ y (dropped; none with ``pseudo_filter=False``);
     fg = valid ∧ ¬pseudo ∧ entropy ≤ τ_b (τ_b = mean entropy over the valid pixels of image b, or
@@ -53,10 +53,22 @@ def share(mask: torch.Tensor) -> torch.Tensor:
     return m / m.sum().clamp_min(1)
 
 
+@torch.no_grad()
+def feature_weight(valid, fg, bg, margin, *, alpha: float, beta: float, gamma: float, delta: float) -> torch.Tensor:
+    """Step 6's per-pixel weight α·fg/N_fg + β·bg/N_bg + γ·coord/N_coord (B×H×W float32), with
+    coord = valid ∧ fg ∧ (margin > δ), or valid ∧ fg when ``margin`` is None (no margin test);
+    γ = 0 drops the coordinate part."""
+    weight = alpha * share(fg) + beta * share(bg)
+    if gamma != 0:
+        coord = valid & fg if margin is None else valid & fg & (margin > delta)
+        weight = weight + gamma * share(coord)
+    return weight
+
+
 def masked_terms(f_s, f_t, y, valid, fg, bg, *, num_classes: int, ignore_index: int = 255, alpha: float = 1.0,
                  beta: float = 0.25, gamma: float = 1.0, delta: float = 0.0, ifv_cirkd_mean: bool = False,
                  coord_mask: bool = True, wanted=TERMS, ops=None) -> dict[str, torch.Tensor]:
-    """DESIGN §3 steps 2-6 given the filter's masks; computes only the ``wanted`` terms (unweighted).
+    """docs/method.md steps 2-6 given the filter's masks; computes only the ``wanted`` terms (unweighted).
 
     ``coord_mask=False`` drops the margin test: coord = valid ∧ fg.
     """
@@ -77,13 +89,8 @@ def masked_terms(f_s, f_t, y, valid, fg, bg, *, num_classes: int, ignore_index: 
         protos_s, counts_s = ops.prototype_pool(f_s, y, num_classes, ignore_index)
     terms = {}
     if "feat" in wanted:
-        with torch.no_grad():
-            weight = alpha * share(fg) + beta * share(bg)
-            if need_coord:
-                coord = valid & fg
-                if coord_mask:
-                    coord = coord & (intra_t - inter_t > delta)
-                weight = weight + gamma * share(coord)
+        margin = intra_t - inter_t if need_coord and coord_mask else None
+        weight = feature_weight(valid, fg, bg, margin, alpha=alpha, beta=beta, gamma=gamma, delta=delta)
         terms["feat"] = ops.masked_feature_mse(f_s, f_t, weight)
     if "intra" in wanted:
         intra_s, _ = ops.class_distance_maps(f_s, y, protos_s, counts_s, ignore_index)
@@ -97,7 +104,7 @@ def feature_terms(f_s, f_t, z_t, y, *, num_classes: int, ignore_index: int = 255
                   beta: float = 0.25, gamma: float = 1.0, delta: float = 0.0, tau: float | None = None,
                   ifv_cirkd_mean: bool = False,
                   ops: ModuleType | SimpleNamespace | None = None) -> dict[str, torch.Tensor]:
-    """Unweighted ``feat``, ``intra``, ``inter`` terms of DESIGN §3 steps 1-6.
+    """Unweighted ``feat``, ``intra``, ``inter`` terms of docs/method.md steps 1-6.
 
     f_s = φ(F_S) B×C_t×H×W (grad flows), f_t B×C_t×H×W and z_t B×K×H×W teacher (no grad),
     y B×H×W labels at H×W. ``ops``: namespace with the functional API, default ``frkd_kernels``.
@@ -109,7 +116,7 @@ def feature_terms(f_s, f_t, z_t, y, *, num_classes: int, ignore_index: int = 255
 
 
 class FRKDLoss(DistillationLoss):
-    """``frkd``: λ_feat·L_feat + λ_intra·L_intra + λ_inter·L_inter + λ_kd·L_kd(fg) + λ_cwd·L_cwd (DESIGN §3).
+    """FRKD's terms: λ_feat·L_feat + λ_intra·L_intra + λ_inter·L_inter + λ_kd·L_kd(fg) (docs/method.md).
 
     Terms with λ = 0 are neither computed nor returned. φ (1×1 conv C_s -> C_t, no bias) maps the
     student feature for the feature, intra and inter terms. Ablations: ``no_pseudo_filter`` keeps
@@ -118,15 +125,13 @@ class FRKDLoss(DistillationLoss):
     """
 
     def __init__(self, *, lambda_feat: float = 1.0, lambda_intra: float = 20.0, lambda_inter: float = 20.0,
-                 lambda_kd: float = 1.0, lambda_cwd: float = 0.0, kd_temperature: float = 1.0,
-                 cwd_temperature: float = 4.0, frkd_alpha: float = 1.0, frkd_beta: float = 0.25,
+                 lambda_kd: float = 1.0, kd_temperature: float = 1.0, frkd_alpha: float = 1.0, frkd_beta: float = 0.25,
                  frkd_gamma: float = 1.0, frkd_delta: float = 0.0, tau: float | None = None,
                  ifv_cirkd_mean: bool = False, no_pseudo_filter: bool = False, no_fgbg: bool = False,
                  no_coord_mask: bool = False, **common):
         super().__init__(**common)
         self.lambdas = {"feat": lambda_feat, "intra": lambda_intra, "inter": lambda_inter}
-        self.lambda_kd, self.lambda_cwd = lambda_kd, lambda_cwd
-        self.kd_temperature, self.cwd_temperature = kd_temperature, cwd_temperature
+        self.lambda_kd, self.kd_temperature = lambda_kd, kd_temperature
         self.weights = dict(alpha=frkd_alpha, beta=frkd_beta, gamma=frkd_gamma, delta=frkd_delta)
         self.tau, self.ifv_cirkd_mean = tau, ifv_cirkd_mean
         self.pseudo_filter, self.fgbg, self.coord_mask = not no_pseudo_filter, not no_fgbg, not no_coord_mask
@@ -151,6 +156,4 @@ class FRKDLoss(DistillationLoss):
             out.update({name: self.lambdas[name] * value for name, value in terms.items()})
         if self.lambda_kd != 0:
             out["kd"] = self.lambda_kd * pixel_kd(student.logits, teacher.logits, self.kd_temperature, weight=fg)
-        if self.lambda_cwd != 0:
-            out["cwd"] = self.lambda_cwd * channel_wise_kd(student.logits, teacher.logits, self.cwd_temperature)
         return out

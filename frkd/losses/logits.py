@@ -36,10 +36,15 @@ def pixel_kd(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float = 1.0,
     return loss * temperature ** 2
 
 
-def channel_wise_kd(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
-    """CWD: softmax over the H·W positions of each channel, Σ KL(φ_T ‖ φ_S) / (B·K) · T² (CIRKD)."""
+def channel_wise_kd(z_s: torch.Tensor, z_t: torch.Tensor, temperature: float = 4.0,
+                    channels: int | None = None) -> torch.Tensor:
+    """CWD: softmax over the H·W positions of each channel, Σ KL(φ_T ‖ φ_S) / (B·channels) · T² (CIRKD).
+
+    z_s, z_t: B×K×H×W. ``channels`` defaults to K; CIRKD's feature CWD divides by the student's
+    channel count before its 1×1 conv.
+    """
     dt = _compute_dtype(z_s, z_t)
-    B, K = z_s.shape[:2]
+    B, K = z_s.shape[0], channels or z_s.shape[1]
     log_s = F.log_softmax(z_s.to(dt).flatten(2) / temperature, dim=2)
     log_t = F.log_softmax(z_t.detach().to(dt).flatten(2) / temperature, dim=2)
     return (log_t.exp() * (log_t - log_s)).sum() / (B * K) * temperature ** 2

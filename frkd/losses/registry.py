@@ -1,49 +1,104 @@
-"""Name -> loss class registry and ``build_loss`` (docs/INTERFACES.md)."""
+"""Recipe name -> composite loss: ``build_loss`` and the module that sums any set of terms
+(docs/INTERFACES.md, docs/method.md "Recipes")."""
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
+import torch
 import torch.nn as nn
 
-from .baselines import IDD, IFVD, ChannelWiseKD, FitNet, NoDistillation, PixelKD
+from .adversarial import Adversarial
+from .base import DistillationLoss
+from .baselines import IDD, IFV, FeatureCWD, FitNet, LogitCWD, PixelKD
+from .cross_image import MemoryContrast, MiniBatchPixel
 from .frkd import FRKDLoss
+from .recipes import OPTION_DEFAULTS, OPTIONS, RECIPES, resolved_loss_options
 
-LOSSES = {
-    "none": NoDistillation,
-    "kd": PixelKD,
-    "cwd": ChannelWiseKD,
-    "ifvd": IFVD,
-    "idd": IDD,
-    "fitnet": FitNet,
-    "frkd": FRKDLoss,
-}
+LOSSES = RECIPES  # recipe names (the values are the recipes' options and CIRKD scripts)
 COMMON_ARGS = ("num_classes", "student_channels", "teacher_channels", "ignore_index")
+FRKD_WEIGHTS = ("lambda_feat", "lambda_intra", "lambda_inter")
 
 
-def option_names(name: str) -> tuple[str, ...]:
-    """The options (keyword arguments beyond the common ones) that loss ``name`` accepts."""
-    params = inspect.signature(loss_class(name).__init__).parameters.values()
-    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in COMMON_ARGS)
+def _fg_kd(o: dict) -> bool:
+    return o["kd_pixels"] == "fg" and o["lambda_kd"] != 0
 
 
-def loss_class(name: str) -> type[nn.Module]:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
-    return LOSSES[name]
+# (component name, class, is it on for these resolved options?); order = order of the terms
+COMPONENTS = (
+    ("kd", PixelKD, lambda o: o["lambda_kd"] != 0 and o["kd_pixels"] == "all"),
+    ("frkd", FRKDLoss, lambda o: any(o[k] != 0 for k in FRKD_WEIGHTS) or _fg_kd(o)),
+    ("cwd_logit", LogitCWD, lambda o: o["lambda_cwd_logit"] != 0),
+    ("cwd_fea", FeatureCWD, lambda o: o["lambda_cwd_fea"] != 0),
+    ("fitnet", FitNet, lambda o: o["lambda_fitnet"] != 0),
+    ("ifv", IFV, lambda o: o["lambda_ifv"] != 0),
+    ("idd", IDD, lambda o: o["lambda_idd"] != 0),
+    ("adversarial", Adversarial, lambda o: o["lambda_adv"] != 0 or o["lambda_d"] != 0),
+    ("minibatch_pixel", MiniBatchPixel, lambda o: o["lambda_minibatch_pixel"] != 0),
+    ("memory", MemoryContrast, lambda o: o["lambda_memory_pixel"] != 0 or o["lambda_memory_region"] != 0),
+)
+
+
+def option_names(name: str | None = None) -> tuple[str, ...]:
+    """The options ``build_loss`` accepts, the same for every recipe ``name`` (terms compose)."""
+    return tuple(OPTION_DEFAULTS)
+
+
+def _component_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    wanted = {p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in COMMON_ARGS}
+    chosen = {k: v for k, v in options.items() if k in wanted}
+    if cls is FRKDLoss:
+        chosen["lambda_kd"] = options["lambda_kd"] if options["kd_pixels"] == "fg" else 0.0
+    return chosen
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Weights ≥ 0 and choices valid, or ValueError naming the flag."""
+    for option in OPTIONS:
+        value = options[option.dest]
+        if option.dest.startswith("lambda_") and value < 0:
+            raise ValueError(f"{option.flags[0]} must be >= 0, got {value}")
+        if option.choices and value not in option.choices:
+            raise ValueError(f"{option.flags[0]} must be one of {', '.join(option.choices)}, got {value!r}")
+    if options["tau"] is not None and not 0 <= options["tau"] <= 1:
+        raise ValueError(f"--tau must lie in [0, 1], got {options['tau']}")
+
+
+class CompositeLoss(DistillationLoss):
+    """The sum of any set of distillation terms; ``forward`` returns each term ×λ by name.
+
+    ``components``: ModuleDict of the terms that are on (see ``COMPONENTS``). The adversarial
+    component's discriminator is the only part outside the student optimizer.
+    """
+
+    def __init__(self, *, options: dict[str, Any], **common):
+        super().__init__(**common)
+        self.options = dict(options)
+        self.components = nn.ModuleDict({
+            name: cls(**common, **_component_options(cls, options)) for name, cls, on in COMPONENTS if on(options)})
+
+    def forward(self, student, teacher, labels) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for component in self.components.values():
+            out.update(component(student, teacher, labels))
+        return out
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return [p for c in self.components.values() for p in c.discriminator_parameters()]
+
+    def discriminator_loss(self, student, teacher) -> torch.Tensor:
+        if "adversarial" not in self.components:
+            return super().discriminator_loss(student, teacher)
+        return self.components["adversarial"].discriminator_loss(student, teacher)
 
 
 def build_loss(name: str, *, num_classes: int, student_channels: int, teacher_channels: int,
-               ignore_index: int = 255, **options) -> nn.Module:
-    """The loss ``name`` as an ``nn.Module`` (its parameters, e.g. φ, are the trainable part).
-
-    ``options`` are that loss's own keyword arguments (see ``option_names``); unset ones take the
-    method's defaults (DESIGN §3 for frkd, the CIRKD scripts for the baselines).
-    """
-    cls = loss_class(name)
-    accepted = option_names(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"build_loss({name!r}): unknown option(s) {', '.join(unknown)}; "
-                         f"{name!r} accepts {', '.join(accepted) or 'no options'}")
-    return cls(num_classes=num_classes, student_channels=student_channels, teacher_channels=teacher_channels,
-               ignore_index=ignore_index, **options)
+               ignore_index: int = 255, **options) -> CompositeLoss:
+    """Recipe ``name`` with ``options`` (see ``frkd.losses.recipes.OPTIONS``) overriding or adding
+    terms, as an ``nn.Module`` (its parameters: φ/conv heads, and the discriminator's, which
+    ``discriminator_parameters()`` lists for their own optimizer)."""
+    resolved = resolved_loss_options(name, options)
+    check_options(resolved)
+    return CompositeLoss(options=resolved, num_classes=num_classes, student_channels=student_channels,
+                         teacher_channels=teacher_channels, ignore_index=ignore_index)

@@ -1,0 +1,121 @@
+"""Recipes (named sets of distillation terms and weights, after the rows of CIRKD's README), the
+options every term reads, and the per-dataset weight overrides: the one place for loss defaults.
+
+``resolved_loss_options(method, options, dataset)`` = option defaults ← recipe ← dataset overrides
+← ``options`` (the flags the user set). A recipe names only what differs from the defaults, where
+every λ is 0 (term off). docs/method.md "Recipes" gives the table with the CIRKD script of each.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Option:
+    """One loss option: ``dest`` (build_loss keyword), its flags, type, default, and the CIRKD flag it
+    mirrors (None when CIRKD has none)."""
+
+    dest: str
+    flags: tuple[str, ...]
+    kind: type
+    default: Any
+    cirkd: str | None
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+OPTIONS = (
+    Option("lambda_kd", ("--lambda-kd",), float, 0.0, "--lambda-kd", "pixel KD (KL of the class softmax) weight"),
+    Option("kd_temperature", ("--kd-temperature",), float, 1.0, "--kd-temperature", "pixel KD temperature"),
+    Option("kd_pixels", ("--kd-pixels",), str, "all", None,
+           "pixels of the KD term: all (CIRKD) or fg (FRKD's filter foreground)", ("all", "fg")),
+    Option("lambda_cwd_logit", ("--lambda-cwd-logit", "--lambda-cwd"), float, 0.0, "--lambda-cwd-logit",
+           "channel-wise distillation on the logits"),
+    Option("lambda_cwd_fea", ("--lambda-cwd-fea",), float, 0.0, "--lambda-cwd-fea",
+           "channel-wise distillation on the features (1×1 conv C_s→C_t)"),
+    Option("cwd_temperature", ("--cwd-temperature",), float, 4.0, None, "CWD temperature (CIRKD fixes 4)"),
+    Option("lambda_fitnet", ("--lambda-fitnet",), float, 0.0, "--lambda-fitnet", "FitNet feature MSE (1×1 conv)"),
+    Option("lambda_ifv", ("--lambda-ifv",), float, 0.0, "--lambda-ifv",
+           "IFV: intra-class cosine maps of the raw features, CIRKD's mean"),
+    Option("lambda_idd", ("--lambda-idd",), float, 0.0, None, "IDD: inter-class prototype distances, raw features"),
+    Option("lambda_adv", ("--lambda-adv",), float, 0.0, "--lambda-adv", "adversarial term of the student (−D(Z_S))"),
+    Option("lambda_d", ("--lambda-d",), float, 0.0, "--lambda-d", "discriminator loss weight"),
+    Option("adv_type", ("--adv-type",), str, "hinge", None,
+           "discriminator loss: hinge (CIRKD's train_kd.py) or wgan-gp (IFVD)", ("hinge", "wgan-gp")),
+    Option("lambda_gp", ("--lambda-gp",), float, 10.0, None, "gradient-penalty weight of wgan-gp"),
+    Option("lambda_minibatch_pixel", ("--lambda-minibatch-pixel",), float, 0.0, "--lambda-minibatch-pixel",
+           "CIRKD mini-batch pixel-to-pixel relation"),
+    Option("lambda_memory_pixel", ("--lambda-memory-pixel",), float, 0.0, "--lambda-memory-pixel",
+           "CIRKD memory-bank pixel-to-pixel relation"),
+    Option("lambda_memory_region", ("--lambda-memory-region",), float, 0.0, "--lambda-memory-region",
+           "CIRKD memory-bank pixel-to-region relation"),
+    Option("contrast_temperature", ("--contrast-temperature",), float, 0.1, "--contrast-temperature",
+           "similarity temperature τ of the CIRKD relations"),
+    Option("contrast_kd_temperature", ("--contrast-kd-temperature",), float, 1.0, "--contrast-kd-temperature",
+           "KD temperature of the memory relations"),
+    Option("pixel_memory_size", ("--pixel-memory-size",), int, 20000, "--pixel-memory-size", "pixel bank slots per class"),
+    Option("region_memory_size", ("--region-memory-size",), int, 2000, "--region-memory-size",
+           "region bank slots per class"),
+    Option("pixel_contrast_size", ("--pixel-contrast-size",), int, 4096, "--pixel-contrast-size",
+           "pixel negatives per anchor (// K + 1 per class)"),
+    Option("region_contrast_size", ("--region-contrast-size",), int, 1024, "--region-contrast-size",
+           "region negatives per anchor (// K + 1 per class)"),
+    Option("lambda_feat", ("--lambda-feat",), float, 0.0, None, "FRKD masked feature MSE"),
+    Option("lambda_intra", ("--lambda-intra",), float, 0.0, None, "FRKD intra-class term (φ(F_S), / #valid)"),
+    Option("lambda_inter", ("--lambda-inter",), float, 0.0, None, "FRKD inter-class term (φ(F_S))"),
+    Option("frkd_alpha", ("--frkd-alpha",), float, 1.0, None, "FRKD foreground feature weight α"),
+    Option("frkd_beta", ("--frkd-beta",), float, 0.25, None, "FRKD background feature weight β"),
+    Option("frkd_gamma", ("--frkd-gamma",), float, 1.0, None, "FRKD coordinate-mask feature weight γ"),
+    Option("frkd_delta", ("--frkd-delta",), float, 0.0, None, "FRKD coordinate-mask margin δ"),
+    Option("tau", ("--tau",), float, None, None, "FRKD fixed entropy threshold in [0, 1]"),
+    Option("ifv_cirkd_mean", ("--ifv-cirkd-mean",), bool, False, None, "FRKD: intra term / B·H·W as CIRKD"),
+    Option("no_pseudo_filter", ("--no-pseudo-filter",), bool, False, None,
+           "FRKD ablation: keep pixels where the teacher is wrong"),
+    Option("no_fgbg", ("--no-fgbg",), bool, False, None, "FRKD ablation: no fg/bg split"),
+    Option("no_coord_mask", ("--no-coord-mask",), bool, False, None, "FRKD ablation: no coordinate margin test"),
+)
+OPTION_DEFAULTS = {o.dest: o.default for o in OPTIONS}
+ADVERSARIAL = {"lambda_adv": 0.001, "lambda_d": 0.1}
+
+# name -> (the options that differ from OPTION_DEFAULTS, the CIRKD script it follows)
+RECIPES: dict[str, tuple[dict[str, Any], str]] = {
+    "none": ({}, "train_scripts/train_baseline/citys/deeplabv3_res18.sh (CE only, no teacher)"),
+    "kd": ({"lambda_kd": 1.0}, "train_kd.py --lambda-kd 1 (the KD part of every train_scripts/train_kd script)"),
+    "ifvd": ({"lambda_kd": 1.0, "lambda_ifv": 20.0, **ADVERSARIAL}, "train_scripts/train_kd/train_ifvd.sh"),
+    "cwd": ({"lambda_kd": 1.0, "lambda_cwd_fea": 50.0, "lambda_cwd_logit": 3.0, **ADVERSARIAL},
+            "train_scripts/train_kd/train_cwd.sh"),
+    "fitnet": ({"lambda_kd": 1.0, "lambda_fitnet": 10.0}, "train_scripts/train_kd/train_fitnet.sh"),
+    "cirkd": ({"lambda_kd": 1.0, "lambda_minibatch_pixel": 1.0, "lambda_memory_pixel": 0.1,
+               "lambda_memory_region": 0.1}, "train_scripts/train_cirkd/citys/deeplabv3_res18.sh (train_cirkd.py)"),
+    "idd": ({"lambda_idd": 20.0}, "none (IDD alone; no CIRKD row)"),
+    "frkd": ({"lambda_feat": 1.0, "lambda_intra": 20.0, "lambda_inter": 20.0, "lambda_kd": 1.0, "kd_pixels": "fg"},
+             "none (FRKD; KD as train_kd.py --lambda-kd 1, on the filter's foreground)"),
+}
+
+# dataset -> recipe -> overrides: the only per-dataset loss defaults. voc: CIRKD's
+# train_scripts/train_cirkd/voc/*.sh; synthetic: tuned on seeds 100/101 (docs/method.md).
+DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01}},
+    "synthetic": {"frkd": {"lambda_intra": 0.5, "lambda_inter": 0.5}},
+}
+
+
+def check_method(method: str) -> None:
+    if method not in RECIPES:
+        raise ValueError(f"unknown loss recipe {method!r}; expected one of {', '.join(RECIPES)}")
+
+
+def recipe_options(method: str, dataset: str | None = None) -> dict[str, Any]:
+    """The recipe's own options over its dataset overrides (only what differs from OPTION_DEFAULTS)."""
+    check_method(method)
+    return {**RECIPES[method][0], **DATASET_DEFAULTS.get(dataset, {}).get(method, {})}
+
+
+def resolved_loss_options(method: str, options: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """Every option (term weights included) with its effective value for ``method`` on ``dataset``
+    given the ``options`` the user set; raises ValueError naming an unknown option."""
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown loss option(s) {', '.join(unknown)}; expected some of {', '.join(OPTION_DEFAULTS)}")
+    return {**OPTION_DEFAULTS, **recipe_options(method, dataset), **options}
