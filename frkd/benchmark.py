@@ -60,6 +60,26 @@ ABLATIONS = (
 )
 
 
+def options_from_flags(method: str, flags: list[str] | str) -> dict:
+    """The loss options that loss flags (``["--lambda-intra", "0.5"]`` or one string) set for ``method`` on
+    synthetic; a flag that is not a loss flag raises ValueError naming it."""
+    import argparse
+    import shlex
+
+    from .losses import add_loss_args, loss_options
+
+    parser = argparse.ArgumentParser(prog="loss flags", add_help=False, exit_on_error=False)
+    add_loss_args(parser)
+    words = shlex.split(flags) if isinstance(flags, str) else list(flags)
+    try:
+        args, unknown = parser.parse_known_args(["--method", method, *words])
+    except argparse.ArgumentError as error:
+        raise ValueError(str(error)) from None
+    if unknown:
+        raise ValueError(f"not loss flags: {' '.join(unknown)}")
+    return loss_options(args)
+
+
 def table_rows(methods=TABLE_METHODS, ablations: bool = True) -> list[Row]:
     """``none`` first, then the methods, then (with ``frkd``) its ablations."""
     ordered = sorted(dict.fromkeys(methods), key=lambda m: m != "none")
