@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"head feature given to the losses: before or after its Dropout(0.1); CIRKD taps after "
                         f"({d('feature_tap')})")
     add_loss_args(p)  # --method and the loss flags (frkd.losses.cli)
+    g = p.add_argument_group("distillation schedule (any method; docs/method.md, 'Gradient calibration')")
+    g.add_argument("--distill-grad-ratio", dest="grad_ratio", type=float, default=None, metavar="RHO",
+                   help="scale each distillation term once, on the first batch, so that its gradient on the student "
+                        "feature is RHO/n times the task loss's (n terms); 0 = off; no CIRKD counterpart (default: "
+                        "synthetic frkd: the tuned ratio, otherwise off)")
+    g.add_argument("--distill-warmup", dest="warmup_iters", type=int, default=None, metavar="N",
+                   help="ramp the distillation terms linearly from 1/N to 1 over the first N iterations (default: 0, off)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=None,
                    help=f"global batch, divided over ranks, CIRKD --batch-size ({d('batch_size')})")

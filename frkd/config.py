@@ -81,6 +81,9 @@ class ModelConfig:
 class LossConfig:
     method: str = "frkd"
     options: dict = field(default_factory=dict)  # the loss options set by the user (unset: recipe defaults)
+    grad_ratio: float | None = None              # calibrate the terms' gradients to this ratio of CE's (0: off;
+                                                 # None: the dataset's default for the method)
+    warmup_iters: int = 0                        # linear warm-up of the distillation terms (0: none)
 
 
 @dataclass
@@ -173,6 +176,10 @@ def resolve(config: RunConfig) -> RunConfig:
     unset = {name: value for name, value in DATASET_DEFAULTS[dataset].items()
              if getattr(getattr(config, FIELD_SECTION[name]), name) is None}
     config = config.replace(**unset)
+    if config.loss.grad_ratio is None:
+        from .losses.recipes import GRAD_RATIO_DEFAULTS
+
+        config = config.replace(grad_ratio=GRAD_RATIO_DEFAULTS.get(dataset, {}).get(config.loss.method, 0.0))
     config = config.replace(crop_size=tuple(config.data.crop_size))
     if config.runtime.out_dir is None:
         m = config.model
@@ -183,7 +190,8 @@ def resolve(config: RunConfig) -> RunConfig:
 
 def flag(name: str) -> str:
     """The CLI flag of a config field."""
-    return {"root": "--data", "teacher_ckpt": "--teacher-pretrained"}.get(
+    return {"root": "--data", "teacher_ckpt": "--teacher-pretrained", "grad_ratio": "--distill-grad-ratio",
+            "warmup_iters": "--distill-warmup"}.get(
         name, "--" + name.replace("_", "-"))
 
 
@@ -313,6 +321,8 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
         _check_file(name, getattr(m, name))
 
     _check_loss(config)
+    _check_number("grad_ratio", config.loss.grad_ratio, kind=float, low=0)
+    _check_number("warmup_iters", config.loss.warmup_iters, low=0)
 
     for name in ("batch_size", "max_iterations", "teacher_iterations"):
         _check_number(name, getattr(o, name), low=1)

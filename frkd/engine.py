@@ -84,12 +84,11 @@ class StepModule(nn.Module):
         self.ignore_index, self.align_corners = ignore_index, align_corners
 
     def forward(self, images, labels, teacher_out):
-        """(terms, student SegOutput)."""
+        """(task terms, distillation terms, student SegOutput)."""
         out = self.model(images)
-        terms = task_terms(out, labels, ignore_index=self.ignore_index, align_corners=self.align_corners)
-        if self.distill is not None:
-            terms.update(self.distill(out, teacher_out, labels))
-        return terms, out
+        task = task_terms(out, labels, ignore_index=self.ignore_index, align_corners=self.align_corners)
+        distill = self.distill(out, teacher_out, labels) if self.distill is not None else {}
+        return task, distill, out
 
 
 def evaluate_model(model: nn.Module, val_set, config: RunConfig, env: DistEnv) -> dict:
@@ -159,6 +158,7 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[o.amp]
         self.scaler = torch.amp.GradScaler(device.type, enabled=o.amp == "fp16")
         self.iteration = 0
+        self.term_scales: dict[str, float] | None = None  # set by the gradient calibration (--distill-grad-ratio)
         self.best_miou = -math.inf
         self.last_eval = None
         checkpoint.seed_everything(config.runtime.seed + 7919 * env.rank)  # per-rank dropout; a resume restores its own
@@ -178,6 +178,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "d_optimizer": self.d_optimizer.state_dict() if self.d_optimizer is not None else None,
             "best_miou": self.best_miou, "last_eval": self.last_eval, "rng": per_rank,
+            "term_scales": self.term_scales,
             "data": {"seed": self.config.runtime.seed, "global_batch": self.config.optim.batch_size,
                      "position": self.iteration * self.config.optim.batch_size},
             "config": self.recorded,
@@ -193,6 +194,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_miou, self.last_eval = state["iteration"], state["best_miou"], state["last_eval"]
+        self.term_scales = state.get("term_scales")
         rng = state["rng"]
         checkpoint.set_rng_state(rng[self.env.rank] if len(rng) == self.env.world_size else rng[0])
 
@@ -248,7 +250,10 @@ class Trainer:
             if self.teacher is not None:
                 with torch.no_grad():
                     teacher_out = self.teacher(images)
-            terms, out = self.step(images, labels, teacher_out)
+            task, distill, out = self.step(images, labels, teacher_out)
+        if distill and self.config.loss.grad_ratio and self.term_scales is None:
+            self.term_scales = self._calibrate(task, distill, out)
+        terms = {**task, **self._scaled(distill)}
         loss = sum(t.float() for t in terms.values())
         self._check_finite(loss, terms)
         self.optimizer.zero_grad(set_to_none=True)
@@ -260,6 +265,31 @@ class Trainer:
             values["discriminator"] = self._discriminator_step(out, teacher_out)
         self.iteration += 1
         return values
+
+    def _scaled(self, distill: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The distillation terms times their calibrated scales and the warm-up factor
+        min(1, (iteration + 1) / --distill-warmup)."""
+        warmup = self.config.loss.warmup_iters
+        factor = min(1.0, (self.iteration + 1) / warmup) if warmup else 1.0
+        scales = self.term_scales or {}
+        return {name: term * (factor * scales.get(name, 1.0)) for name, term in distill.items()}
+
+    def _calibrate(self, task: dict[str, torch.Tensor], distill: dict[str, torch.Tensor], out) -> dict[str, float]:
+        """Scales s_t such that each distillation term's gradient on the student feature, ‖∂(s_t·L_t)/∂F_S‖,
+        is grad_ratio / n times the task loss's (n: terms with a gradient), on this first batch; norms are
+        averaged over ranks. Terms without a gradient on F_S (e.g. a zero weight) keep scale 1."""
+        norms = {}
+        for name, term in {"task": sum(task.values()), **distill}.items():
+            grad, = torch.autograd.grad(term.float(), out.feat, retain_graph=True, allow_unused=True)
+            norms[name] = grad.float().norm() if grad is not None else torch.zeros((), device=out.feat.device)
+        norms = all_reduce_mean(norms)
+        live = [name for name in distill if norms[name] > 0]
+        target = self.config.loss.grad_ratio * norms["task"] / max(1, len(live))
+        scales = {name: (target / norms[name] if name in live else 1.0) for name in distill}
+        self.log.write({"phase": self.phase, "iteration": self.iteration, "calibration": {
+            "grad_ratio": self.config.loss.grad_ratio, "task_grad_norm": norms["task"],
+            "term_grad_norms": {n: norms[n] for n in distill}, "term_scales": scales}})
+        return scales
 
     def _discriminator_step(self, out, teacher_out) -> torch.Tensor:
         """One Adam step of the loss's discriminator on the detached student outputs (float32, no autocast);

@@ -279,7 +279,7 @@ def run(config: RunConfig, env: DistEnv | None = None) -> dict:
         "student_miou": result["miou"], "student_pixel_acc": result["pixel_acc"],
         "student_per_class_iou": result["per_class_iou"], "student_best_miou": trainer.best_miou,
         "student": trainer.model_config, "class_names": list(getattr(train_set, "class_names", [])),
-        "iterations": trainer.iteration, "wall_time_s": time.time() - started, "world_size": env.world_size,
+        "term_scales": trainer.term_scales, "iterations": trainer.iteration, "wall_time_s": time.time() - started, "world_size": env.world_size,
         "config": recorded(config),
     }
     if env.is_main:

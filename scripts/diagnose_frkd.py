@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 import frkd_kernels
 from frkd import checkpoint, pipeline
-from frkd.benchmark import BENCHMARK, TUNED_FRKD_FLAGS, options_from_flags, run_config
+from frkd.benchmark import Row, options_from_flags, run_config
 from frkd.distributed import init_distributed
 from frkd.engine import TrainingStopped, task_terms
 from frkd.losses.base import resize_labels
@@ -44,10 +44,9 @@ def teacher_of(config):
 
 
 def benchmark_run(seed: int, out_dir: str, flags: list[str], teacher_ckpt: str, **fields):
-    """The config of the benchmark's frkd student (the table's tuned flags, then ``flags``)."""
-    options = options_from_flags("frkd", shlex.split(TUNED_FRKD_FLAGS) + flags)
-    return run_config(BENCHMARK, method="frkd", options=options, seed=seed, out_dir=out_dir, device="cpu",
-                      teacher_ckpt=teacher_ckpt, **fields)
+    """The config of the benchmark's frkd student (its synthetic defaults, then ``flags``)."""
+    row = Row("frkd", "frkd", options_from_flags("frkd", flags))
+    return run_config(row, seed=seed, out_dir=out_dir, device="cpu", teacher_ckpt=teacher_ckpt, **fields)
 
 
 def boundary_pixels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -138,19 +137,20 @@ def term_gradients(trainer, teacher, images, labels) -> dict:
 def gradient_trace(seed: int, out_dir: str, flags: list[str], teacher_ckpt: str) -> dict:
     """Trains the benchmark student of ``seed`` and measures ``term_gradients`` at CHECKPOINTS."""
     if seed < 100:
-        raise SystemExit(f"--seed: the table's seeds (0-2) are not for diagnosis runs; expected >= 100, got {seed}")
+        raise SystemExit(f"--seed: the table's seeds (0-4) are not for diagnosis runs; expected >= 100, got {seed}")
     config = benchmark_run(seed, out_dir, flags, teacher_ckpt)
     env = init_distributed("cpu")
     teacher = teacher_of(config)
     train_set, val_set = pipeline.build_datasets(config)
     probe = pipeline.build_datasets(config)[0]
     probe.set_epoch(1000)  # a fixed batch of augmented crops, the same at every checkpoint
-    images = torch.stack([probe[i][0] for i in range(BENCHMARK["batch_size"])])
-    labels = torch.stack([probe[i][1] for i in range(BENCHMARK["batch_size"])])
+    batch = config.optim.batch_size
+    images = torch.stack([probe[i][0] for i in range(batch)])
+    labels = torch.stack([probe[i][1] for i in range(batch)])
     trace = {}
     for iteration in CHECKPOINTS:
         if iteration:
-            stop = None if iteration == BENCHMARK["iterations"] else iteration
+            stop = None if iteration == config.optim.max_iterations else iteration
             try:
                 summary = pipeline.run(config.replace(stop_at_iteration=stop), env)
                 trace["final_miou"], trace["per_class_iou"] = summary["student_miou"], summary["student_per_class_iou"]
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.mode == "filter":
-        report = filter_stats(a.crops, BENCHMARK["batch_size"], a.teacher_ckpt)
+        report = filter_stats(a.crops, benchmark_run(0, "/tmp", [], a.teacher_ckpt).optim.batch_size, a.teacher_ckpt)
     else:
         os.makedirs(a.out_dir, exist_ok=True)
         report = gradient_trace(a.seed, a.out_dir, shlex.split(a.flags), a.teacher_ckpt)

@@ -101,6 +101,15 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# dataset -> recipe -> gradient ratio ρ of the engine's calibration (frkd.engine, --distill-grad-ratio):
+# each distillation term is scaled once so that its gradient on the student feature starts at ρ/n of
+# the task loss's. Off (0) unless listed. Synthetic: chosen by the tuning protocol (docs/method.md).
+GRAD_RATIO_DEFAULTS: dict[str, dict[str, float]] = {}
+# dataset -> recipe -> the weights the tuning chose without calibration, for a calibrated recipe's
+# "no calibration" ablation (frkd.benchmark).
+TUNED_UNCALIBRATED: dict[str, dict[str, dict[str, Any]]] = {}
+
+
 def check_method(method: str) -> None:
     if method not in RECIPES:
         raise ValueError(f"unknown loss recipe {method!r}; expected one of {', '.join(RECIPES)}")
