@@ -280,7 +280,8 @@ class Trainer:
         averaged over ranks. Terms without a gradient on F_S (e.g. a zero weight) keep scale 1."""
         norms = {}
         for name, term in {"task": sum(task.values()), **distill}.items():
-            grad, = torch.autograd.grad(term.float(), out.feat, retain_graph=True, allow_unused=True)
+            grad = torch.autograd.grad(term.float(), out.feat, retain_graph=True, allow_unused=True)[0] \
+                if term.requires_grad else None
             norms[name] = grad.float().norm() if grad is not None else torch.zeros((), device=out.feat.device)
         norms = all_reduce_mean(norms)
         live = [name for name in distill if norms[name] > 0]
