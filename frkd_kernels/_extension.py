@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which the extension links against)
+
 try:  # registers frkd::_cpu_* and, in CUDA builds, frkd::_cuda_* ops
     importlib.import_module("frkd_kernels._C")
     LOAD_ERROR: Exception | None = None

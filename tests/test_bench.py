@@ -146,16 +146,17 @@ def test_a_partial_run_writes_its_own_section(tmp_path):
 
 
 def test_a_failing_provider_is_reported_and_fails_the_run(tmp_path, monkeypatch, capsys):
-    from frkd_kernels import _backend, reference
+    from frkd_kernels import _backend
+    from frkd_kernels.ops import teacher_entropy as entropy_op
 
-    original = reference.teacher_entropy
+    original = entropy_op.reference
 
     def broken_under_the_torch_backend(*args):  # eager calls the same function without use_backend
         if _backend.forced_backend() == "torch":
             raise RuntimeError("planted failure")
         return original(*args)
 
-    monkeypatch.setattr(reference, "teacher_entropy", broken_under_the_torch_backend)
+    monkeypatch.setattr(entropy_op, "reference", broken_under_the_torch_backend)
     out = tmp_path / "r.json"
     argv = ["--device", "cpu", "--shapes", "tiny", "--ops", "teacher_entropy", "--providers", "torch", "eager",
             "--warmup", "0", "--repeats", "1", "--out", str(out)]

@@ -5,6 +5,7 @@ and the NaN poisoning of frkd allocations that the other op tests rely on.
 from __future__ import annotations
 
 import importlib
+import os
 import pathlib
 import re
 
@@ -198,3 +199,19 @@ def test_poisoning_does_not_break_torch_compile():
     compiled = torch.compile(lambda x: torch.empty_like(x).fill_(2) * x + x.new_empty(3).fill_(1).sum(),
                              fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(torch.ones(4)), torch.full((4,), 5.0))
+
+
+def test_the_extension_loads_when_frkd_kernels_is_imported_first():
+    """A fresh interpreter that imports frkd_kernels before torch still loads the C++ extension
+    (it links against libc10, which only ``import torch`` puts in the process)."""
+    import subprocess
+    import sys
+
+    import frkd_kernels
+
+    if not frkd_kernels.backends()["cpu"]:
+        pytest.skip("the C++ extension is not built here")
+    code = "import frkd_kernels, sys; sys.exit(0 if frkd_kernels.backends()['cpu'] else 1)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
