@@ -50,7 +50,7 @@ SYNTHETIC_BENCHMARK = dict(
     num_classes=6, crop_size=(128, 128), train_length=1000, val_length=100, data_seed=0,
     student_backbone="resnet18", width=8, batch_size=8, iterations=120, lr=0.02,
     teacher_backbone="resnet50", teacher_width=8, teacher_iterations=600,
-    pretext=dict(iterations=300, batch_size=8, lr=0.05, seed=0),
+    pretext=dict(iterations=900, batch_size=8, lr=0.05, seed=0),
 )
 
 
