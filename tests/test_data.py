@@ -6,7 +6,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from frkd.data import build_dataset
-from frkd.data.synthetic import class_texture_and_colour
+from frkd.data.synthetic import OBJECT_COLOURS, PRETEXT_SHAPES, SHAPES, TEXTURES, generate_scene, scene_rng
 from frkd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # Cityscapes label id -> train id, as listed in cityscapesScripts' labels.py (written out here)
@@ -315,22 +315,57 @@ def test_synthetic_labels_have_classes_and_thin_ignore_boundaries():
     assert 0 < ignored < 0.2
 
 
-def test_synthetic_classes_are_not_separable_by_mean_colour():
-    ds = build_dataset("synthetic", None, "train", crop_size=48, train=False, num_classes=8, length=40)
-    raw_means = {k: [] for k in range(1, 8)}
-    for index in range(len(ds)):
-        image, label = ds[index]
-        for k in label.unique().tolist():
-            if 1 <= k < 8:
-                raw_means[k].append(image[:, label == k].mean(1))
-    centres = {k: torch.stack(v).mean(0) for k, v in raw_means.items() if v}
-    traits = {k: class_texture_and_colour(k) for k in centres}
-    same = [(a, b) for a in traits for b in traits if a < b and traits[a][1] == traits[b][1]]
-    other = [(a, b) for a in traits for b in traits if a < b and traits[a][1] != traits[b][1]]
-    assert same and all(traits[a][0] != traits[b][0] for a, b in same)
-    # classes sharing a colour (but not a texture) have closer mean colours than any other pair
-    closest_other = min((centres[a] - centres[b]).norm() for a, b in other)
-    assert max((centres[a] - centres[b]).norm() for a, b in same) < 0.5 * closest_other
+def test_synthetic_colour_and_texture_do_not_tell_the_class():
+    # every object class is drawn in every colour and texture, and attributes cover exactly the objects
+    seen = {k: (set(), set()) for k in range(1, 8)}
+    for index in range(60):
+        scene = generate_scene(scene_rng(0, "train", index), 48, 48, 8)
+        ignore = scene.label == 255
+        assert ((scene.colour == 255) == ignore).all() and ((scene.texture == 255) == ignore).all()
+        objects = (scene.label > 0) & ~ignore
+        for attribute in (scene.colour, scene.texture):
+            assert ((attribute > 0) == objects)[~ignore].all()
+        for k in np.unique(scene.label[objects]):
+            seen[k][0].update(np.unique(scene.colour[scene.label == k]).tolist())
+            seen[k][1].update(np.unique(scene.texture[scene.label == k]).tolist())
+    for colours, textures in seen.values():
+        assert colours == set(range(1, 1 + len(OBJECT_COLOURS)))
+        assert textures == set(range(1, 1 + len(TEXTURES)))
+
+
+def _naive_boundary_fraction(label: np.ndarray, stride: int = 8) -> tuple[int, int]:
+    """Nearest-resize to the stride grid (torch's rule: source index floor(i * H / h)), then the 3×3 rule."""
+    h, w = -(-label.shape[0] // stride), -(-label.shape[1] // stride)
+    grid = np.array([[label[i * label.shape[0] // h, j * label.shape[1] // w] for j in range(w)] for i in range(h)])
+    boundary = valid = 0
+    for i in range(h):
+        for j in range(w):
+            if grid[i, j] == 255:
+                continue
+            valid += 1
+            window = grid[max(0, i - 1):i + 2, max(0, j - 1):j + 2]
+            boundary += bool((window != grid[i, j]).any())
+    return boundary, valid
+
+
+def test_synthetic_benchmark_crops_have_few_boundary_cells():
+    # the benchmark's design bound (docs/benchmark_design.md): at most 40% of valid stride-8 cells of a
+    # 128×128 image touch another class or ignore
+    totals = np.zeros(2)
+    for index in range(100):
+        scene = generate_scene(scene_rng(0, "val", index), 128, 128, 6)
+        totals += _naive_boundary_fraction(scene.label)
+    assert totals[0] / totals[1] <= 0.40
+
+
+def test_synthetic_shapes_are_mirror_symmetric():
+    # h-flips keep classes: each object's mask, centred, equals its mirror image
+    from frkd.data.synthetic import _shape_mask
+
+    ys, xs = np.mgrid[0:64, 0:65].astype(np.float32)
+    for name in SHAPES + PRETEXT_SHAPES:
+        mask = _shape_mask(name, ys, xs, 32.0, 32.0, 20.0)
+        assert mask.any() and (mask == mask[:, ::-1]).all(), name
 
 
 @pytest.mark.parametrize("kwargs, error, message", [

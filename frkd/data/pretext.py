@@ -1,0 +1,127 @@
+"""The synthetic benchmark's pretrained backbones: a pretext task of the generator, learnt once and cached.
+
+Real protocols start every student from the same ImageNet weights; training tiny networks from
+scratch makes runs bistable (a class learnt or not). This module mirrors ImageNet pretraining
+on the generator: a ``DilatedResNet`` plus a 1×1 conv head learns, per pixel, the shape class,
+colour and texture of scenes of the ``pretext`` split (disjoint from train/val) whose objects
+are other shapes than the benchmark's (``PRETEXT_SHAPES``: ellipse, semidisc, bar, hourglass,
+octagon), as ImageNet's classes are not VOC's. The backbone learns to find objects and to
+describe outlines, but has never seen a benchmark class (docs/benchmark_design.md).
+
+The result is a torchvision-named state dict (``.pth``) that ``--student-pretrained`` /
+``--teacher-pretrained`` load strictly (``frkd.models.pretrained``). It is a pure function of
+the recipe: on one CPU thread two builds are bit-for-bit equal. Files are cached as
+``<cache dir>/synthetic-pretext-<backbone>-w<width>-<hash>.pth``, the hash over the recipe and
+the generator version (cache dir: ``$FRKD_CACHE``, else ``~/.cache/frkd``).
+
+    python -m frkd.data.pretext --backbone resnet18 --width 8     # prints the path (builds it if absent)
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .synthetic import OBJECT_COLOURS, PRETEXT_SHAPES, SYNTHETIC_BENCHMARK, TEXTURES, generate_scene, scene_rng
+
+# bump when generate_scene changes what it draws: cached backbones of older generators are not reused
+GENERATOR_VERSION = 3
+# (shape, colour, texture) classes per pixel, 0 = background
+PRETEXT_OUTPUTS = (1 + len(PRETEXT_SHAPES), 1 + len(OBJECT_COLOURS), 1 + len(TEXTURES))
+
+
+def pretext_recipe(backbone: str, width: int, **overrides) -> dict:
+    """The full recipe of one backbone: SYNTHETIC_BENCHMARK's pretext settings and crop, plus overrides."""
+    recipe = dict(SYNTHETIC_BENCHMARK["pretext"], backbone=backbone, width=width,
+                  image_size=list(SYNTHETIC_BENCHMARK["crop_size"]), generator_version=GENERATOR_VERSION)
+    unknown = sorted(set(overrides) - set(recipe))
+    if unknown:
+        raise ValueError(f"pretext: unknown recipe keys {unknown}; expected some of {sorted(recipe)}")
+    return recipe | overrides
+
+
+def recipe_hash(recipe: dict) -> str:
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pretext_batch(recipe: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``step``: (B×3×H×W normalised images, B×3×H×W int64 shape/colour/texture targets, 255 ignore)."""
+    images, targets = [], []
+    for j in range(recipe["batch_size"]):
+        rng = scene_rng(recipe["seed"], "pretext", step * recipe["batch_size"] + j)
+        scene = generate_scene(rng, *recipe["image_size"], 1 + len(PRETEXT_SHAPES), PRETEXT_SHAPES)
+        images.append((scene.image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
+        targets.append(np.stack([scene.label, scene.colour, scene.texture]))
+    image = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return image, torch.from_numpy(np.stack(targets)).long()
+
+
+def pretrain_backbone(recipe: dict) -> dict[str, torch.Tensor]:
+    """Trains ``recipe``'s backbone on the pretext task; returns its torchvision-named state dict."""
+    from ..models.resnet import DilatedResNet
+
+    torch.manual_seed(recipe["seed"])
+    backbone = DilatedResNet(recipe["backbone"], recipe["width"])
+    head = nn.Conv2d(backbone.layer4_channels, sum(PRETEXT_OUTPUTS), 1)
+    parameters = list(backbone.parameters()) + list(head.parameters())
+    optimiser = torch.optim.SGD(parameters, lr=recipe["lr"], momentum=0.9, weight_decay=1e-4)
+    backbone.train()
+    for step in range(recipe["iterations"]):
+        for group in optimiser.param_groups:
+            group["lr"] = recipe["lr"] * (1 - step / recipe["iterations"]) ** 0.9
+        image, target = pretext_batch(recipe, step)
+        logits = F.interpolate(head(backbone(image)[1]), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        loss = sum(F.cross_entropy(part, target[:, i], ignore_index=255)
+                   for i, part in enumerate(logits.split(PRETEXT_OUTPUTS, dim=1)))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pretext: non-finite loss at step {step} of {recipe}")
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("FRKD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "frkd")
+
+
+def pretext_backbone_path(backbone: str, width: int, cache_dir: str | None = None, **overrides) -> str:
+    """Path of the cached pretext backbone for (backbone, width, recipe overrides); builds it when absent."""
+    recipe = pretext_recipe(backbone, width, **overrides)
+    cache_dir = cache_dir or default_cache_dir()
+    path = os.path.join(cache_dir, f"synthetic-pretext-{backbone}-w{width}-{recipe_hash(recipe)}.pth")
+    if not os.path.exists(path):
+        os.makedirs(cache_dir, exist_ok=True)
+        state = pretrain_backbone(recipe)
+        partial = f"{path}.{os.getpid()}.tmp"
+        torch.save(state, partial)
+        os.replace(partial, path)
+        with open(path[: -len(".pth")] + ".json", "w") as f:
+            json.dump(recipe, f, indent=1)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m frkd.data.pretext", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default=SYNTHETIC_BENCHMARK["student_backbone"],
+                   choices=("resnet18", "resnet50", "resnet101"))
+    p.add_argument("--width", type=int, default=SYNTHETIC_BENCHMARK["width"])
+    p.add_argument("--cache-dir", default=None, help="default: $FRKD_CACHE, else ~/.cache/frkd")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: bit-for-bit reproducible)")
+    args = p.parse_args(argv)
+    if args.width < 1:
+        p.error(f"--width must be >= 1, got {args.width}")
+    torch.set_num_threads(args.threads)
+    print(pretext_backbone_path(args.backbone, args.width, args.cache_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
