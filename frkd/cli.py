@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .config import (AMP_CHOICES, BACKBONES, DATASET_DEFAULTS, DATASETS, EVAL_MODES, FEATURE_TAPS, FIELD_SECTION,
-                     MODELS, RunConfig, resolve)
+                     MODELS, NO_PRETRAINED, SYNTHETIC_PRETEXT, RunConfig, resolve)
 from .losses.recipes import OPTIONS
 
 # argparse dest -> config field, where the names differ
@@ -27,7 +27,8 @@ def _show(value) -> str:
 
 def dataset_default(field: str) -> str:
     """'default: X' or 'default: synthetic X, cityscapes Y, voc Z' from DATASET_DEFAULTS."""
-    shown = {name: _show(DATASET_DEFAULTS[name][field]) for name in DATASETS}
+    shown = {name: _show(DATASET_DEFAULTS[name].get(field, NO_PRETRAINED if field.endswith("pretrained_base") else None))
+             for name in DATASETS}
     if len(set(shown.values())) == 1:
         return f"default: {shown[DATASETS[0]]}"
     return "default: " + ", ".join(f"{name} {value}" for name, value in shown.items())
@@ -69,10 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--teacher-pretrained (default: train one first, cached as <out-dir>/teacher.pt)")
     g.add_argument("--teacher-pretrained-base", default=None, metavar="FILE",
                    help="ImageNet ResNet .pth for the backbone of a teacher trained here, CIRKD "
-                        "--teacher-pretrained-base (default: none)")
+                        f"--teacher-pretrained-base; '{SYNTHETIC_PRETEXT}': the synthetic benchmark's pretext backbone "
+                        f"(frkd.data.pretext), '{NO_PRETRAINED}': random init ({d('teacher_pretrained_base')})")
     g.add_argument("--student-pretrained-base", default=None, metavar="FILE",
-                   help="ImageNet ResNet .pth for the student backbone, CIRKD --student-pretrained-base "
-                        "(default: none)")
+                   help="ImageNet ResNet .pth for the student backbone, CIRKD --student-pretrained-base; "
+                        f"'{SYNTHETIC_PRETEXT}' or '{NO_PRETRAINED}' as above ({d('student_pretrained_base')})")
     g.add_argument("--teacher-iterations", type=int, default=None,
                    help=f"iterations of the teacher phase without --teacher-pretrained ({d('teacher_iterations')})")
     g.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None,

@@ -21,15 +21,21 @@ EVAL_MODES = ("whole", "slide")
 # Files that make an out dir "hold a run"; the cached teacher.pt alone does not (it is reused by design).
 RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join("teacher", "last.pt"))
 
-# Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md: 4 classes, a width-16
-# ResNet-50 teacher, a width-8 ResNet-18 student) on one intra-op thread (its tiny convolutions gain
-# little from threads; on a busy CPU spinning OpenMP threads cost far more than they give).
+# Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md "Synthetic benchmark": 7 classes
+# of colour pairs × solid/holed objects at 128×128, a width-8 ResNet-50 teacher, a width-8 ResNet-18
+# student, both from the pretext-pretrained backbones of frkd.data.pretext; fixed images, data seed 0)
+# on one intra-op thread (its tiny convolutions gain little from threads; on a busy CPU spinning OpenMP
+# threads cost far more than they give).
 # Cityscapes/VOC: CIRKD's recipes (align_corners and the post-dropout feature tap as CIRKD's code).
+SYNTHETIC_PRETEXT = "synthetic-pretext"  # --*-pretrained-base value: the synthetic benchmark's pretext backbone
+NO_PRETRAINED = "none"                   # --*-pretrained-base value: random initialisation
 DATASET_DEFAULTS = {
-    "synthetic": dict(num_classes=4, crop_size=(64, 64), batch_size=8, max_iterations=200, teacher_iterations=800,
-                      lr=0.02, width=8, teacher_width=16, teacher_backbone="resnet50", val_per_iters=100,
+    "synthetic": dict(num_classes=7, crop_size=(128, 128), batch_size=8, max_iterations=100, teacher_iterations=600,
+                      lr=0.02, width=8, teacher_width=8, teacher_backbone="resnet50", val_per_iters=100,
                       save_per_iters=100, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
-                      threads=1, align_corners=False, feature_tap="pre-dropout"),
+                      threads=1, align_corners=False, feature_tap="pre-dropout", data_seed=0, train_length=1000,
+                      val_length=100, student_pretrained_base=SYNTHETIC_PRETEXT,
+                      teacher_pretrained_base=SYNTHETIC_PRETEXT),
     "cityscapes": dict(num_classes=19, crop_size=(512, 1024), batch_size=16, max_iterations=40000,
                        teacher_iterations=40000, lr=0.02, width=64, teacher_width=64, teacher_backbone="resnet101",
                        val_per_iters=4000, save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1,
@@ -317,8 +323,14 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
     for name, value in (("aux", m.aux), ("align_corners", m.align_corners), ("overwrite", r.overwrite)):
         if not isinstance(value, bool):
             raise ConfigError(f"{flag(name)}: expected true or false, got {value!r}")
-    for name in ("teacher_ckpt", "teacher_pretrained_base", "student_pretrained_base"):
-        _check_file(name, getattr(m, name))
+    _check_file("teacher_ckpt", m.teacher_ckpt)
+    for name in ("teacher_pretrained_base", "student_pretrained_base"):
+        value = getattr(m, name)
+        if value == SYNTHETIC_PRETEXT and d.dataset != "synthetic":
+            raise ConfigError(f"{flag(name)} {value}: applies to --dataset synthetic only; expected an ImageNet "
+                              f"backbone .pth or {NO_PRETRAINED}")
+        if value not in (SYNTHETIC_PRETEXT, NO_PRETRAINED):
+            _check_file(name, value)
 
     _check_loss(config)
     _check_number("grad_ratio", config.loss.grad_ratio, kind=float, low=0)

@@ -17,7 +17,8 @@ import torch
 
 from . import checkpoint
 from .checkpoint import CheckpointError, seed_everything
-from .config import ConfigError, DataConfig, RunConfig, RUN_FILES, recorded, resolve, resume_file, validate
+from .config import (NO_PRETRAINED, RUN_FILES, SYNTHETIC_PRETEXT, ConfigError, DataConfig, RunConfig, recorded, resolve,
+                     resume_file, validate)
 from .distributed import DistEnv, barrier, init_distributed
 from .engine import Trainer, check_resumable, evaluate_model
 from .run_log import MetricsLog
@@ -75,8 +76,22 @@ def teacher_model_config(config: RunConfig) -> dict:
                         feature_tap=m.feature_tap)
 
 
+def pretrained_base_path(value: str | None, backbone: str, width: int) -> str | None:
+    """The backbone weights file of a ``--*-pretrained-base`` value: a path, ``synthetic-pretext`` (the
+    synthetic benchmark's pretext backbone for this backbone and width, built once and cached:
+    frkd.data.pretext), or None / ``none`` for random initialisation."""
+    if value in (None, NO_PRETRAINED):
+        return None
+    if value == SYNTHETIC_PRETEXT:
+        from .data.pretext import pretext_backbone_path
+
+        return pretext_backbone_path(backbone, width)
+    return value
+
+
 def build_from_config(mc: dict, pretrained: str | None = None, role: str = "pretrained"):
-    """The model of a model config (``model_config``); ImageNet weights from ``pretrained`` (errors name ``role``)."""
+    """The model of a model config (``model_config``); backbone weights from ``pretrained`` (a
+    ``pretrained_base_path`` value; errors name ``role``)."""
     from .models import build_model
 
     try:
@@ -149,7 +164,8 @@ def train_teacher(config: RunConfig, env: DistEnv, train_set, val_set, log: Metr
     if env.is_main:
         os.makedirs(teacher_dir, exist_ok=True)
     seed_everything(config.runtime.seed)
-    model = build_from_config(mc, config.model.teacher_pretrained_base, "--teacher-pretrained-base")
+    model = build_from_config(mc, pretrained_base_path(config.model.teacher_pretrained_base, mc["backbone"], mc["width"]),
+                              "--teacher-pretrained-base")
     trainer = Trainer(phase="teacher", model=model, teacher=None, distill=None, train_set=train_set,
                       val_set=val_set, num_classes=mc["num_classes"], max_iterations=config.optim.teacher_iterations,
                       config=config, env=env, out_dir=teacher_dir, log=log, model_config=mc,
@@ -169,7 +185,8 @@ def train_teacher(config: RunConfig, env: DistEnv, train_set, val_set, log: Metr
 def build_student(config: RunConfig):
     """The freshly seeded student (ImageNet weights from --student-pretrained-base)."""
     seed_everything(config.runtime.seed)
-    return build_from_config(student_model_config(config), config.model.student_pretrained_base,
+    mc = student_model_config(config)
+    return build_from_config(mc, pretrained_base_path(config.model.student_pretrained_base, mc["backbone"], mc["width"]),
                              "--student-pretrained-base")
 
 

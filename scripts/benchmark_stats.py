@@ -1,8 +1,8 @@
 """Statistics of the synthetic benchmark's generator: boundary fraction at the stride-8 grid, class shares, cost.
 
-    python scripts/benchmark_stats.py [--num-classes 6] [--crop-size 128 128] [--images 200] [--json out.json]
+    python scripts/benchmark_stats.py [--num-classes 7] [--crop-size 128 128] [--images 200] [--json out.json]
 
-Boundary rule (docs/benchmark_design.md): the label map is resized to the stride-8 grid by nearest
+Boundary rule (docs/method.md "Synthetic benchmark"): the label map is resized to the stride-8 grid by nearest
 neighbour; a valid cell is a boundary cell when its 3×3 neighbourhood holds another class or ignore (255).
 Measured on val images (the full image) and on training crops (the trainer's random scale/crop/flip).
 """
@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from frkd.data import build_dataset
-from frkd.data.synthetic import SYNTHETIC_BENCHMARK, generate_scene, scene_rng
+from frkd.config import DATASET_DEFAULTS
+from frkd.data.synthetic import generate_scene, scene_rng
+
+SYNTHETIC = DATASET_DEFAULTS["synthetic"]
 
 IGNORE = 255
 
@@ -49,8 +52,8 @@ def measure(dataset, count: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--num-classes", type=int, default=SYNTHETIC_BENCHMARK["num_classes"])
-    p.add_argument("--crop-size", type=int, nargs=2, default=SYNTHETIC_BENCHMARK["crop_size"])
+    p.add_argument("--num-classes", type=int, default=SYNTHETIC["num_classes"])
+    p.add_argument("--crop-size", type=int, nargs=2, default=list(SYNTHETIC["crop_size"]))
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--json", default=None, help="also write the statistics here")
     args = p.parse_args()

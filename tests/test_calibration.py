@@ -16,7 +16,8 @@ from test_train import TINY, run_train
 
 def tiny_trainer(out_dir, teacher, method="frkd", **fields):
     config = pipeline.prepare(build_config(
-        method=method, crop_size=(32, 32), batch_size=2, width=4, teacher_width=4, teacher_backbone="resnet18",
+        method=method, crop_size=(32, 32), batch_size=2, student_pretrained_base="none",
+        teacher_pretrained_base="none", train_length=64, width=4, teacher_width=4, teacher_backbone="resnet18",
         student_model="pspnet", max_iterations=4, val_per_iters=4, log_per_iters=1, save_per_iters=4,
         val_batch_size=50, workers=0, device="cpu", teacher_ckpt=teacher, out_dir=str(out_dir), **fields))
     env = init_distributed("cpu")

@@ -307,19 +307,22 @@ def test_synthetic_is_deterministic_and_split_dependent():
 
 
 def test_synthetic_labels_have_classes_and_thin_ignore_boundaries():
-    ds = build_dataset("synthetic", None, "val", crop_size=32, train=False, num_classes=6, length=20)
-    assert len(ds) == 20 and ds.num_classes == 6 and len(ds.class_names) == 6
+    ds = build_dataset("synthetic", None, "val", crop_size=32, train=False, num_classes=7, length=30)
+    assert len(ds) == 30 and ds.num_classes == 7 and len(ds.class_names) == 7
     labels = torch.stack([ds[i][1] for i in range(len(ds))])
-    assert set(labels.unique().tolist()) == {0, 1, 2, 3, 4, 5, 255}
+    assert set(labels.unique().tolist()) == {0, 1, 2, 3, 4, 5, 6, 255}
     ignored = (labels == 255).float().mean()
     assert 0 < ignored < 0.2
 
 
-def test_synthetic_colour_and_texture_do_not_tell_the_class():
-    # every object class is drawn in every colour and texture, and attributes cover exactly the objects
-    seen = {k: (set(), set()) for k in range(1, 8)}
-    for index in range(60):
-        scene = generate_scene(scene_rng(0, "train", index), 48, 48, 8)
+def test_synthetic_classes_are_colour_pairs_of_solid_and_holed_objects():
+    # colour names the pair (CLASSES), texture is any; attributes cover exactly the objects; solid objects
+    # have no hole (their pixels fill their bounding box's centre), holed ones show the background inside
+    from frkd.data.synthetic import CLASSES
+
+    seen = {k: (set(), set()) for k in range(1, len(CLASSES) + 1)}
+    for index in range(80):
+        scene = generate_scene(scene_rng(0, "train", index), 64, 64, 1 + len(CLASSES))
         ignore = scene.label == 255
         assert ((scene.colour == 255) == ignore).all() and ((scene.texture == 255) == ignore).all()
         objects = (scene.label > 0) & ~ignore
@@ -328,9 +331,24 @@ def test_synthetic_colour_and_texture_do_not_tell_the_class():
         for k in np.unique(scene.label[objects]):
             seen[k][0].update(np.unique(scene.colour[scene.label == k]).tolist())
             seen[k][1].update(np.unique(scene.texture[scene.label == k]).tolist())
-    for colours, textures in seen.values():
-        assert colours == set(range(1, 1 + len(OBJECT_COLOURS)))
-        assert textures == set(range(1, 1 + len(TEXTURES)))
+    for k, (colours, textures) in seen.items():
+        assert colours == {CLASSES[k - 1][1] + 1}, k
+        assert textures == set(range(1, 1 + len(TEXTURES))), k
+    pairs = {}
+    for outlines, colour in CLASSES:
+        pairs.setdefault(colour, []).append(outlines)
+    assert all(sorted(p) == [("disc", "square"), ("ring", "frame")] for p in pairs.values())
+    assert len(pairs) >= 3 and set(pairs) <= set(range(len(OBJECT_COLOURS)))
+
+
+def test_pretext_scenes_use_other_shapes_in_any_colour():
+    from frkd.data.synthetic import PRETEXT_CLASSES
+
+    colours = set()
+    for index in range(40):
+        scene = generate_scene(scene_rng(0, "pretext", index), 48, 48, 1 + len(PRETEXT_CLASSES), PRETEXT_CLASSES)
+        colours.update(np.unique(scene.colour[(scene.label > 0) & (scene.label != 255)]).tolist())
+    assert colours == set(range(1, 1 + len(OBJECT_COLOURS)))
 
 
 def _naive_boundary_fraction(label: np.ndarray, stride: int = 8) -> tuple[int, int]:
@@ -349,11 +367,11 @@ def _naive_boundary_fraction(label: np.ndarray, stride: int = 8) -> tuple[int, i
 
 
 def test_synthetic_benchmark_crops_have_few_boundary_cells():
-    # the benchmark's design bound (docs/benchmark_design.md): at most 40% of valid stride-8 cells of a
-    # 128×128 image touch another class or ignore
+    # the benchmark's design bound (docs/method.md "Synthetic benchmark"): at most 40% of valid stride-8
+    # cells of a 128×128 image touch another class or ignore
     totals = np.zeros(2)
     for index in range(100):
-        scene = generate_scene(scene_rng(0, "val", index), 128, 128, 6)
+        scene = generate_scene(scene_rng(0, "val", index), 128, 128, 7)
         totals += _naive_boundary_fraction(scene.label)
     assert totals[0] / totals[1] <= 0.40
 

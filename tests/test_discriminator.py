@@ -26,7 +26,8 @@ def teacher_file(tmp_path_factory):
 
 
 def tiny_config(out_dir, teacher_file, **fields):
-    return build_config(method="kd", options=dict(ADVERSARIAL), crop_size=(32, 32), batch_size=2, width=4, teacher_width=4,
+    return build_config(method="kd", options=dict(ADVERSARIAL), crop_size=(32, 32), batch_size=2, student_pretrained_base="none",
+        teacher_pretrained_base="none", train_length=64, width=4, teacher_width=4,
                         teacher_backbone="resnet18", student_model="pspnet", max_iterations=4, val_per_iters=2,
                         log_per_iters=1, save_per_iters=2, val_batch_size=50, workers=0, device="cpu",
                         teacher_ckpt=teacher_file, out_dir=str(out_dir), **fields)

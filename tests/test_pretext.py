@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from frkd.data.pretext import PRETEXT_OUTPUTS, pretext_backbone_path, pretext_batch, pretext_recipe, pretrain_backbone
-from frkd.data.synthetic import PRETEXT_SHAPES, SHAPES, generate_scene, scene_rng
+from frkd.data.synthetic import CLASSES, PRETEXT_CLASSES, PRETEXT_SHAPES, generate_scene, scene_rng
 from frkd.models.pretrained import load_backbone_weights
 from frkd.models.resnet import DilatedResNet
 
@@ -25,7 +25,7 @@ def test_pretext_targets_are_the_scene_attributes():
     recipe = pretext_recipe("resnet18", 2, **TINY)
     image, target = pretext_batch(recipe, step=1)
     assert image.shape == (2, 3, 32, 32) and target.shape == (2, 3, 32, 32)
-    scene = generate_scene(scene_rng(recipe["seed"], "pretext", 3), 32, 32, 1 + len(PRETEXT_SHAPES), PRETEXT_SHAPES)
+    scene = generate_scene(scene_rng(recipe["seed"], "pretext", 3), 32, 32, 1 + len(PRETEXT_CLASSES), PRETEXT_CLASSES)
     for channel, expected in enumerate((scene.label, scene.colour, scene.texture)):  # step 1, item 1
         assert np.array_equal(target[1, channel].numpy(), expected)
     valid = target != 255
@@ -68,4 +68,5 @@ def test_unknown_recipe_keys_are_named():
 
 
 def test_pretext_shapes_are_not_benchmark_shapes():
-    assert not set(PRETEXT_SHAPES) & set(SHAPES)
+    benchmark_shapes = {shape for outlines, _ in CLASSES for shape in outlines}
+    assert not set(PRETEXT_SHAPES) & benchmark_shapes

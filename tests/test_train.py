@@ -18,6 +18,7 @@ from frkd.cli import parse_config
 from frkd.sampling import IterationBatchSampler
 
 TINY = ["--crop-size", "32", "32", "--batch-size", "2", "--width", "4", "--teacher-width", "4",
+        "--student-pretrained-base", "none", "--teacher-pretrained-base", "none",
         "--teacher-backbone", "resnet18", "--student-model", "pspnet", "--teacher-iterations", "3",
         "--max-iterations", "4", "--val-per-iters", "2", "--log-per-iters", "1", "--save-per-iters", "2",
         "--val-batch-size", "50", "--workers", "0"]

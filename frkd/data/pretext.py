@@ -6,7 +6,7 @@ on the generator: a ``DilatedResNet`` plus a 1×1 conv head learns, per pixel, t
 colour and texture of scenes of the ``pretext`` split (disjoint from train/val) whose objects
 are other shapes than the benchmark's (``PRETEXT_SHAPES``: ellipse, semidisc, bar, hourglass,
 octagon), as ImageNet's classes are not VOC's. The backbone learns to find objects and to
-describe outlines, but has never seen a benchmark class (docs/benchmark_design.md).
+describe outlines, but has never seen a benchmark class (docs/method.md "Synthetic benchmark").
 
 The result is a torchvision-named state dict (``.pth``) that ``--student-pretrained`` /
 ``--teacher-pretrained`` load strictly (``frkd.models.pretrained``). It is a pure function of
@@ -29,18 +29,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
-from .synthetic import OBJECT_COLOURS, PRETEXT_SHAPES, SYNTHETIC_BENCHMARK, TEXTURES, generate_scene, scene_rng
+from .synthetic import OBJECT_COLOURS, PRETEXT_CLASSES, PRETEXT_SHAPES, TEXTURES, generate_scene, scene_rng
 
 # bump when generate_scene changes what it draws: cached backbones of older generators are not reused
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 # (shape, colour, texture) classes per pixel, 0 = background
 PRETEXT_OUTPUTS = (1 + len(PRETEXT_SHAPES), 1 + len(OBJECT_COLOURS), 1 + len(TEXTURES))
 
 
+# the pretext training of every backbone (SGD, poly 0.9, momentum 0.9, wd 1e-4) at the benchmark's crop size
+PRETEXT = dict(iterations=400, batch_size=8, lr=0.05, seed=0, image_size=[128, 128])
+
+
 def pretext_recipe(backbone: str, width: int, **overrides) -> dict:
-    """The full recipe of one backbone: SYNTHETIC_BENCHMARK's pretext settings and crop, plus overrides."""
-    recipe = dict(SYNTHETIC_BENCHMARK["pretext"], backbone=backbone, width=width,
-                  image_size=list(SYNTHETIC_BENCHMARK["crop_size"]), generator_version=GENERATOR_VERSION)
+    """The full recipe of one backbone: ``PRETEXT`` for (backbone, width), plus overrides."""
+    recipe = dict(PRETEXT, backbone=backbone, width=width, generator_version=GENERATOR_VERSION)
     unknown = sorted(set(overrides) - set(recipe))
     if unknown:
         raise ValueError(f"pretext: unknown recipe keys {unknown}; expected some of {sorted(recipe)}")
@@ -56,7 +59,7 @@ def pretext_batch(recipe: dict, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, targets = [], []
     for j in range(recipe["batch_size"]):
         rng = scene_rng(recipe["seed"], "pretext", step * recipe["batch_size"] + j)
-        scene = generate_scene(rng, *recipe["image_size"], 1 + len(PRETEXT_SHAPES), PRETEXT_SHAPES)
+        scene = generate_scene(rng, *recipe["image_size"], 1 + len(PRETEXT_CLASSES), PRETEXT_CLASSES)
         images.append((scene.image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD)
         targets.append(np.stack([scene.label, scene.colour, scene.texture]))
     image = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
@@ -110,9 +113,8 @@ def pretext_backbone_path(backbone: str, width: int, cache_dir: str | None = Non
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m frkd.data.pretext", description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default=SYNTHETIC_BENCHMARK["student_backbone"],
-                   choices=("resnet18", "resnet50", "resnet101"))
-    p.add_argument("--width", type=int, default=SYNTHETIC_BENCHMARK["width"])
+    p.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50", "resnet101"))
+    p.add_argument("--width", type=int, default=8)
     p.add_argument("--cache-dir", default=None, help="default: $FRKD_CACHE, else ~/.cache/frkd")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: bit-for-bit reproducible)")
     args = p.parse_args(argv)
