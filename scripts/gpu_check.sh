@@ -187,7 +187,8 @@ bench_step_share() {
   fi
 }
 
-TINY_TRAIN=(--teacher-iterations 2 --max-iterations 2 --val-per-iters 2 --save-per-iters 2 --log-per-iters 1)
+TINY_TRAIN=(--teacher-iterations 2 --max-iterations 2 --val-per-iters 2 --save-per-iters 2 --log-per-iters 1
+            --student-pretrained-base none --teacher-pretrained-base none)
 
 main_job() {
   rm -rf "$OUTDIR/main-job"
