@@ -405,11 +405,12 @@ def test_cli_dataset_defaults_apply_under_the_flags():
         args.dataset = dataset
         return loss_options(args)
 
-    assert with_dataset("synthetic", "--method", "frkd") == {"lambda_intra": 0.5, "lambda_inter": 0.5}
-    assert with_dataset("synthetic", "--method", "frkd", "--lambda-intra", "3") == {"lambda_intra": 3.0,
-                                                                                    "lambda_inter": 0.5}
-    assert with_dataset("synthetic", "--method", "ifvd") == {}
-    assert with_dataset("cityscapes", "--method", "frkd") == {}
+    # voc: CIRKD's VOC scripts lower the memory-relation weights of its recipe (frkd/losses/recipes.py)
+    assert with_dataset("voc", "--method", "cirkd") == {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01}
+    assert with_dataset("voc", "--method", "cirkd", "--lambda-memory-pixel", "0.5") == {
+        "lambda_memory_pixel": 0.5, "lambda_memory_region": 0.01}
+    assert with_dataset("voc", "--method", "kd") == {}
+    assert with_dataset("cityscapes", "--method", "cirkd") == {}
 
 
 def test_cli_flag_with_method_none_is_an_error():
