@@ -102,7 +102,12 @@ def pretext_backbone_path(backbone: str, width: int, cache_dir: str | None = Non
     path = os.path.join(cache_dir, f"synthetic-pretext-{backbone}-w{width}-{recipe_hash(recipe)}.pth")
     if not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
-        state = pretrain_backbone(recipe)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one thread: the same bits on every machine, whoever builds the cache
+        try:
+            state = pretrain_backbone(recipe)
+        finally:
+            torch.set_num_threads(threads)
         partial = f"{path}.{os.getpid()}.tmp"
         torch.save(state, partial)
         os.replace(partial, path)
@@ -116,11 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="resnet18", choices=("resnet18", "resnet50", "resnet101"))
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--cache-dir", default=None, help="default: $FRKD_CACHE, else ~/.cache/frkd")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: bit-for-bit reproducible)")
     args = p.parse_args(argv)
     if args.width < 1:
         p.error(f"--width must be >= 1, got {args.width}")
-    torch.set_num_threads(args.threads)
     print(pretext_backbone_path(args.backbone, args.width, args.cache_dir))
     return 0
 

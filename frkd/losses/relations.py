@@ -23,7 +23,7 @@ def prototype_distance(protos: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """D = 1 − cos between the prototypes of each image: protos B×K×C -> B×K×K.
 
     cos = a·b / (‖a‖‖b‖) where ‖a‖‖b‖ ≥ eps and 0 elsewhere (an absent class's zero prototype),
-    with no gradient through the guarded entries (DESIGN §2.2 rule).
+    with no gradient through the guarded entries (the eps rule of docs/ops.md).
     """
     norms = torch.linalg.vector_norm(protos, dim=2)
     den = norms[:, :, None] * norms[:, None, :]
