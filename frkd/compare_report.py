@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .run_log import read_records  # noqa: E402
 from .stats import paired_difference  # noqa: E402
 
 PEAK_MEM_KINDS = {"cuda_max_allocated": "torch.cuda.max_memory_allocated",
@@ -26,16 +27,7 @@ UNSTABLE_CLASS_RANGE = 25.0
 
 def read_results(path: str) -> list[dict]:
     """The records of a results JSONL file; [] when it does not exist. A torn last line is skipped."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+    return read_records(path) if os.path.exists(path) else []
 
 
 def append_result(path: str, record: dict) -> None:
