@@ -9,7 +9,9 @@ import torch
 from frkd import evaluate as evaluate_cli
 from frkd import pipeline
 from frkd.cli import build_parser
-from frkd.config import ConfigError, build_config, validate
+from frkd.config import DATASET_DEFAULTS, ConfigError, build_config, validate
+
+SYNTHETIC = DATASET_DEFAULTS["synthetic"]
 from test_train import TINY, run_train
 
 FAST = ["--teacher-iterations", "1", "--max-iterations", "2"]
@@ -71,7 +73,8 @@ def test_cuda_without_a_gpu(tmp_path):
     (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
     (["--crop-size", "0", "32"], "--crop-size: expected an integer >= 1, got 0"),
     (["--stop-at-iteration", "0"], "--stop-at-iteration: expected an integer >= 1, got 0"),
-    (["--ignore-label", "2"], "--ignore-label: expected a value outside the class ids 0..3, got 2"),
+    (["--ignore-label", "2"], f"--ignore-label: expected a value outside the class ids 0..{SYNTHETIC['num_classes'] - 1}, "
+                              "got 2"),
     (["--method", "kd", "--lambda-kd", "nan"], "--lambda-kd: expected a finite number, got nan"),
     (["--method", "kd", "--lambda-kd", "-1"], "--lambda-kd: expected a weight >= 0, got -1.0"),
     (["--method", "none", "--lambda-kd", "1"], "--lambda-kd needs a teacher, but --method none trains without one"),
@@ -203,8 +206,9 @@ def test_overwrite_replaces_the_run_and_keeps_the_cached_teacher(tmp_path):
 
 def test_help_shows_each_effective_default_once():
     text = " ".join(build_parser().format_help().split())
-    assert "default: synthetic 200, cityscapes 40000, voc 40000" in text
-    assert "default: synthetic 64 64, cityscapes 512 1024, voc 512 512" in text
+    assert f"default: synthetic {SYNTHETIC['max_iterations']}, cityscapes 40000, voc 40000" in text
+    height, width = SYNTHETIC["crop_size"]
+    assert f"default: synthetic {height} {width}, cityscapes 512 1024, voc 512 512" in text
     assert "(default: None)" not in text
     for cirkd in ("--teacher-pretrained", "--student-pretrained-base", "--data", "--lr-d", "--ignore-label"):
         assert f"CIRKD {cirkd}" in text, cirkd
@@ -213,7 +217,8 @@ def test_help_shows_each_effective_default_once():
 def test_config_round_trips_and_takes_overrides(tmp_path):
     config = build_config(dataset="synthetic", method="kd", options={"lambda_kd": 2.0}, lr=0.05,
                           out_dir=str(tmp_path / "x"))
-    assert config.optim.lr == 0.05 and config.optim.max_iterations == 200 and config.data.crop_size == (64, 64)
+    assert config.optim.lr == 0.05 and config.optim.max_iterations == SYNTHETIC["max_iterations"]
+    assert config.data.crop_size == tuple(SYNTHETIC["crop_size"])
     from frkd.config import RunConfig
     assert RunConfig.from_dict(config.to_dict()) == config
     assert validate(config).loss.options == {"lambda_kd": 2.0}
