@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label of ignored pixels in CE, losses and evaluation, CIRKD --ignore-label (default: 255; "
                         "the built-in datasets mark ignored pixels 255)")
     g = p.add_argument_group("models")
-    g.add_argument("--student-model", default=None, choices=MODELS, help="CIRKD --student-model (default: deeplabv3)")
+    g.add_argument("--student-model", default=None, choices=MODELS, help=f"CIRKD --student-model ({d('student_model')})")
     g.add_argument("--student-backbone", default=None, choices=BACKBONES,
                    help="CIRKD --student-backbone (default: resnet18)")
     g.add_argument("--width", type=int, default=None, help=f"student stem width, 64 = torchvision ({d('width')})")
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--student-pretrained-base", default=None, metavar="FILE",
                    help="ImageNet ResNet .pth for the student backbone, CIRKD --student-pretrained-base; "
                         f"'{SYNTHETIC_PRETEXT}' or '{NO_PRETRAINED}' as above ({d('student_pretrained_base')})")
+    g.add_argument("--student-frozen-stages", type=int, default=None, metavar="N",
+                   help="freeze the student backbone's stem and layer1..layerN (no gradients, BatchNorms in eval "
+                        f"mode), mmseg's ResNet frozen_stages; -1 freezes nothing ({d('student_frozen_stages')})")
     g.add_argument("--teacher-iterations", type=int, default=None,
                    help=f"iterations of the teacher phase without --teacher-pretrained ({d('teacher_iterations')})")
     g.add_argument("--aux", action=argparse.BooleanOptionalAction, default=None,
@@ -105,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default=None, choices=AMP_CHOICES, help="mixed precision (default: none)")
     g.add_argument("--lr-d", type=float, default=None,
                    help="Adam LR of an adversarial loss's discriminator, CIRKD --lr-d (default: 0.0004)")
+    g.add_argument("--head-lr-mult", type=float, default=None,
+                   help="LR multiplier of every trained parameter outside the backbone (heads, loss connectors), in "
+                        f"both phases; mmseg's paramwise_cfg lr_mult ({d('head_lr_mult')})")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
     g.add_argument("--threads", type=int, default=None,

@@ -30,18 +30,21 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join
 SYNTHETIC_PRETEXT = "synthetic-pretext"  # --*-pretrained-base value: the synthetic benchmark's pretext backbone
 NO_PRETRAINED = "none"                   # --*-pretrained-base value: random initialisation
 DATASET_DEFAULTS = {
-    "synthetic": dict(num_classes=7, crop_size=(128, 128), batch_size=8, max_iterations=100, teacher_iterations=600,
-                      lr=0.02, width=8, teacher_width=8, teacher_backbone="resnet50", val_per_iters=100,
-                      save_per_iters=100, log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
+    "synthetic": dict(num_classes=7, crop_size=(128, 128), batch_size=8, max_iterations=200, teacher_iterations=600,
+                      lr=0.02, width=8, teacher_width=8, teacher_backbone="resnet50", student_model="pspnet",
+                      student_frozen_stages=4, head_lr_mult=10.0, val_per_iters=200, save_per_iters=200,
+                      log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
                       threads=1, align_corners=False, feature_tap="pre-dropout", data_seed=0, train_length=1000,
                       val_length=100, student_pretrained_base=SYNTHETIC_PRETEXT,
                       teacher_pretrained_base=SYNTHETIC_PRETEXT),
     "cityscapes": dict(num_classes=19, crop_size=(512, 1024), batch_size=16, max_iterations=40000,
                        teacher_iterations=40000, lr=0.02, width=64, teacher_width=64, teacher_backbone="resnet101",
+                       student_model="deeplabv3", student_frozen_stages=-1, head_lr_mult=1.0,
                        val_per_iters=4000, save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1,
                        eval_mode="whole", threads=0, align_corners=True, feature_tap="post-dropout"),
     "voc": dict(num_classes=21, crop_size=(512, 512), batch_size=16, max_iterations=40000, teacher_iterations=40000,
-                lr=0.01, width=64, teacher_width=64, teacher_backbone="resnet101", val_per_iters=4000,
+                lr=0.01, width=64, teacher_width=64, teacher_backbone="resnet101", student_model="deeplabv3",
+                student_frozen_stages=-1, head_lr_mult=1.0, val_per_iters=4000,
                 save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole", threads=0,
                 align_corners=True, feature_tap="post-dropout"),
 }
@@ -69,7 +72,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    student_model: str = "deeplabv3"
+    student_model: str | None = None
     student_backbone: str = "resnet18"
     width: int | None = None
     teacher_model: str = "deeplabv3"
@@ -78,6 +81,7 @@ class ModelConfig:
     teacher_ckpt: str | None = None              # trained segmentation teacher (CIRKD --teacher-pretrained)
     teacher_pretrained_base: str | None = None   # ImageNet backbone .pth of a teacher trained here
     student_pretrained_base: str | None = None   # ImageNet backbone .pth of the student
+    student_frozen_stages: int | None = None     # mmseg frozen_stages of the student backbone (-1: none)
     aux: bool = True                             # auxiliary FCN head and its 0.4·CE
     align_corners: bool | None = None            # logits -> label size in CE and evaluation
     feature_tap: str | None = None               # the head feature given to the losses
@@ -103,6 +107,7 @@ class OptimConfig:
     power: float = 0.9
     amp: str = "none"
     lr_d: float = 4e-4                           # Adam lr of a loss's discriminator (CIRKD --lr-d)
+    head_lr_mult: float | None = None            # lr × this outside the backbone (mmseg paramwise lr_mult)
 
 
 @dataclass
@@ -319,6 +324,7 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
         _check_choice(f"{prefix}_backbone", getattr(m, f"{prefix}_backbone"), BACKBONES)
     _check_number("width", m.width, low=1)
     _check_number("teacher_width", m.teacher_width, low=1)
+    _check_number("student_frozen_stages", m.student_frozen_stages, low=-1, high=4)
     _check_choice("feature_tap", m.feature_tap, FEATURE_TAPS)
     for name, value in (("aux", m.aux), ("align_corners", m.align_corners), ("overwrite", r.overwrite)):
         if not isinstance(value, bool):
@@ -342,6 +348,7 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError(f"--batch-size {o.batch_size} (global) is not divisible by the world size {world_size}")
     _check_number("lr", o.lr, kind=float, low=0, low_open=True)
     _check_number("lr_d", o.lr_d, kind=float, low=0, low_open=True)
+    _check_number("head_lr_mult", o.head_lr_mult, kind=float, low=0, low_open=True)
     _check_number("momentum", o.momentum, kind=float, low=0, high=1, high_open=True)
     _check_number("weight_decay", o.weight_decay, kind=float, low=0)
     _check_number("power", o.power, kind=float, low=0)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import checkpoint
-from .config import RunConfig
+from .config import RunConfig, flag
 from .distributed import DistEnv, all_reduce_mean, any_rank
 from .inference import evaluate
 from .interrupts import StopSignal, ignore_sigint_in_worker
@@ -47,6 +47,16 @@ class TrainingStopped(Exception):
         super().__init__(f"{reason}: stopped after iteration {iteration}; saved {path} "
                          f"(continue with --resume auto)")
         self.iteration, self.path, self.reason = iteration, path, reason
+
+
+def param_groups(params: list, backbone: nn.Module, head_lr_mult: float) -> list[dict]:
+    """SGD groups of ``params``: the backbone's at the base lr (``lr_mult`` 1), the others (heads, loss
+    connectors) at ``head_lr_mult`` × it; one group when ``head_lr_mult`` is 1."""
+    if head_lr_mult == 1.0:
+        return [{"params": params, "lr_mult": 1.0}]
+    own = {id(p) for p in backbone.parameters()}
+    return [{"params": [p for p in params if id(p) in own], "lr_mult": 1.0},
+            {"params": [p for p in params if id(p) not in own], "lr_mult": head_lr_mult}]
 
 
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, power: float) -> float:
@@ -113,6 +123,13 @@ def check_resumable(state: dict, path: str, phase: str, config: RunConfig) -> No
     if batch != config.optim.batch_size:
         raise checkpoint.CheckpointError(f"--resume {path}: expected --batch-size {batch} as the checkpoint's run "
                                          f"(the data order would differ), got {config.optim.batch_size}")
+    saved = state.get("config") or {}
+    groups_set_by = [("optim", "head_lr_mult", 1.0)] + [("model", "student_frozen_stages", -1)] * (phase == "student")
+    for section, name, before in groups_set_by:
+        value, current = saved.get(section, {}).get(name, before), getattr(getattr(config, section), name)
+        if value != current:
+            raise checkpoint.CheckpointError(f"--resume {path}: expected {flag(name)} {value:g} as the checkpoint's "
+                                             f"run (its optimizer holds other parameter groups), got {current:g}")
 
 
 class Trainer:
@@ -152,7 +169,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.distill is not None:
             params += [p for p in self.distill.parameters() if p.requires_grad and id(p) not in own]
-        self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.SGD(param_groups(params, self.model.backbone, o.head_lr_mult), lr=o.lr,
+                                         momentum=o.momentum, weight_decay=o.weight_decay)
         self.d_optimizer = torch.optim.Adam(self.discriminator, lr=o.lr_d, betas=DISCRIMINATOR_BETAS) \
             if self.discriminator else None
         self.amp_dtype = AMP_DTYPES[o.amp]
@@ -244,7 +262,7 @@ class Trainer:
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         lr = poly_lr(self.config.optim.lr, self.iteration, self.max_iterations, self.config.optim.power)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)  # checkpoints before lr_mult had one group at 1
         with self._autocast():
             teacher_out = None
             if self.teacher is not None:

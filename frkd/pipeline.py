@@ -183,11 +183,14 @@ def train_teacher(config: RunConfig, env: DistEnv, train_set, val_set, log: Metr
 
 
 def build_student(config: RunConfig):
-    """The freshly seeded student (ImageNet weights from --student-pretrained-base)."""
+    """The freshly seeded student (ImageNet weights from --student-pretrained-base; backbone stages frozen
+    as --student-frozen-stages says)."""
     seed_everything(config.runtime.seed)
     mc = student_model_config(config)
-    return build_from_config(mc, pretrained_base_path(config.model.student_pretrained_base, mc["backbone"], mc["width"]),
-                             "--student-pretrained-base")
+    student = build_from_config(mc, pretrained_base_path(config.model.student_pretrained_base, mc["backbone"],
+                                                         mc["width"]), "--student-pretrained-base")
+    student.backbone.freeze_stages(config.model.student_frozen_stages)
+    return student
 
 
 def build_distillation(config: RunConfig, student, teacher):

@@ -274,3 +274,51 @@ def test_task_loss_upsamples_as_asked_and_ignores_the_ignore_label(align_corners
     expected = -(picked[valid]).mean()
     assert terms["ce"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert set(terms) == {"ce"}  # no aux logits, no aux term
+
+
+def test_frozen_stages_keep_their_weights_and_statistics_while_the_rest_trains(run_dir, tmp_path):
+    """--student-frozen-stages 4: the student backbone (stem, layer1-4) leaves training bit-identical, BatchNorm
+    running statistics included, while the head learns; --head-lr-mult gives the head its own SGD group."""
+    teacher = os.path.join(run_dir[0], "teacher.pt")
+    out = str(tmp_path / "frozen")
+    code, _, stderr = run_train(TINY + ["--teacher-ckpt", teacher, "--student-frozen-stages", "4",
+                                        "--head-lr-mult", "10", "--out-dir", out])
+    assert code == 0, stderr
+    from frkd.pipeline import build_student
+
+    config, _ = parse_config(TINY + ["--student-frozen-stages", "4", "--out-dir", out])
+    initial = build_student(config).state_dict()
+    trained = torch.load(os.path.join(out, "last.pt"), weights_only=False)
+    backbone = [k for k in initial if k.startswith("backbone.")]
+    assert any(k.endswith("running_mean") for k in backbone)
+    changed = [k for k in backbone if not torch.equal(initial[k], trained["model"][k])]
+    assert not changed, f"frozen backbone tensors changed: {changed[:5]}"
+    assert any(not torch.equal(initial[k], trained["model"][k]) for k in initial if k.startswith("head."))
+    lrs = [group["lr"] for group in trained["optimizer"]["param_groups"]]
+    assert len(lrs) == 2 and lrs[1] == pytest.approx(10 * lrs[0])
+
+
+def test_frozen_stages_follow_mmseg(tmp_path):
+    from frkd.models import build_model
+
+    model = build_model("deeplabv3", "resnet18", 3, width=4)
+    model.backbone.freeze_stages(2)
+    model.train()
+    frozen = [model.backbone.conv1, model.backbone.bn1, model.backbone.layer1, model.backbone.layer2]
+    assert all(not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(not m.training for m in frozen) and model.backbone.layer3.training
+    assert all(p.requires_grad for p in model.backbone.layer3.parameters())
+    with pytest.raises(ValueError, match=r"frozen_stages: expected an int in \[-1, 4\], got 5"):
+        model.backbone.freeze_stages(5)
+
+
+def test_resume_with_other_parameter_groups_is_refused(run_dir, tmp_path):
+    teacher = os.path.join(run_dir[0], "teacher.pt")
+    out = str(tmp_path / "groups")
+    assert run_train(TINY + ["--teacher-ckpt", teacher, "--out-dir", out, "--head-lr-mult", "10",
+                             "--stop-at-iteration", "2"])[0] == 0
+    code, _, stderr = run_train(TINY + ["--teacher-ckpt", teacher, "--out-dir", out, "--resume", "auto",
+                                        "--head-lr-mult", "1"])
+    assert code == 2
+    assert "expected --head-lr-mult 10 as the checkpoint's run (its optimizer holds other parameter groups), got 1" \
+        in stderr

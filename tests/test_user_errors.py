@@ -79,6 +79,8 @@ def test_cuda_without_a_gpu(tmp_path):
     (["--method", "kd", "--lambda-kd", "-1"], "--lambda-kd: expected a weight >= 0, got -1.0"),
     (["--method", "none", "--lambda-kd", "1"], "--lambda-kd needs a teacher, but --method none trains without one"),
     (["--num-classes", "3", "--dataset", "voc", "--data", "."], "--num-classes: applies to --dataset synthetic only"),
+    (["--head-lr-mult", "0"], "--head-lr-mult: expected a finite number > 0, got 0.0"),
+    (["--student-frozen-stages", "5"], "--student-frozen-stages: expected an integer >= -1 and <= 4, got 5"),
 ])
 def test_bad_numbers_are_refused_before_any_work(tmp_path, flags, message):
     out = tmp_path / "run"

@@ -31,7 +31,7 @@ from .base import SegmentationDataset, as_size
 
 SHAPES = ("disc", "square", "ring", "frame")  # the benchmark's outlines (CLASSES)
 # shapes of the pretext task only (frkd.data.pretext), disjoint from SHAPES: as ImageNet's classes are not VOC's
-PRETEXT_SHAPES = ("ellipse", "semidisc", "bar", "hourglass", "octagon")
+PRETEXT_SHAPES = ("ellipse", "semidisc", "bar", "hourglass", "octagon", "holed-ellipse", "holed-octagon")
 TEXTURES = ("flat", "stripes", "checker", "dots")
 # red, blue, yellow, green: saturated, unlike the greyish background
 OBJECT_COLOURS = np.array([[0.85, 0.2, 0.15], [0.15, 0.4, 0.9], [0.9, 0.8, 0.2], [0.2, 0.75, 0.3]], dtype=np.float32)
@@ -110,6 +110,12 @@ def _shape_mask(name: str, ys, xs, cy: float, cx: float, r: float) -> np.ndarray
         return (dx < dy) & (dy < r)
     if name == "octagon":
         return (dy < 0.9 * r) & (dx < 0.9 * r) & (dy + dx < 1.25 * r)
+    if name == "holed-ellipse":
+        d2 = (dy / (0.55 * r)) ** 2 + (dx / r) ** 2
+        return (d2 < 1) & (d2 >= 0.55**2)
+    if name == "holed-octagon":
+        octagon = (dy < 0.9 * r) & (dx < 0.9 * r) & (dy + dx < 1.25 * r)
+        return octagon & ~((dy < 0.5 * r) & (dx < 0.5 * r) & (dy + dx < 0.7 * r))
     if name == "frame":
         inside = (dy < 0.85 * r) & (dx < 0.85 * r)
         return inside & ~((dy < 0.45 * r) & (dx < 0.45 * r))

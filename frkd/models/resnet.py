@@ -104,7 +104,30 @@ class DilatedResNet(nn.Module):
             in_channels, previous_dilation = planes * block.expansion, dilation
         self.layer3_channels = 4 * width * block.expansion
         self.layer4_channels = 8 * width * block.expansion
+        self.frozen_stages = -1
         self._init_weights()
+
+    def freeze_stages(self, frozen_stages: int) -> None:
+        """Freezes the stem (``frozen_stages`` >= 0) and layer1..layer<frozen_stages>, as mmseg's ResNet
+        ``frozen_stages``: no gradients, and their BatchNorms stay in eval mode (running statistics kept).
+        -1 freezes nothing."""
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages: expected an int in [-1, 4], got {frozen_stages!r}")
+        self.frozen_stages = frozen_stages
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.conv1, self.bn1] + [getattr(self, f"layer{i}") for i in range(1, self.frozen_stages + 1)]
+
+    def train(self, mode: bool = True) -> "DilatedResNet":
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
 
     @staticmethod
     def _make_layer(block, in_channels, planes, depth, stride, dilation, previous_dilation) -> nn.Sequential:
