@@ -399,3 +399,13 @@ def test_bad_arguments_are_named(kwargs, error, message):
     args = dict(name="synthetic", root=None, split="train", crop_size=8, train=True) | kwargs
     with pytest.raises(error, match=message):
         build_dataset(args.pop("name"), args.pop("root"), args.pop("split"), **args)
+
+
+@pytest.mark.parametrize("holed, solid", [("holed-ellipse", "ellipse"), ("holed-octagon", "octagon")])
+def test_holed_pretext_shapes_are_their_solid_shape_minus_a_central_hole(holed, solid):
+    from frkd.data.synthetic import _shape_mask
+
+    ys, xs = np.mgrid[0:64, 0:64].astype(np.float32)
+    ring, full = _shape_mask(holed, ys, xs, 32.0, 32.0, 20.0), _shape_mask(solid, ys, xs, 32.0, 32.0, 20.0)
+    assert not ring[32, 32] and full[32, 32]
+    assert (ring <= full).all() and 0.3 < ring.sum() / full.sum() < 0.9

@@ -5,8 +5,10 @@ scratch makes runs bistable (a class learnt or not). This module mirrors ImageNe
 on the generator: a ``DilatedResNet`` plus a 1×1 conv head learns, per pixel, the shape class,
 colour and texture of scenes of the ``pretext`` split (disjoint from train/val) whose objects
 are other shapes than the benchmark's (``PRETEXT_SHAPES``: ellipse, semidisc, bar, hourglass,
-octagon), as ImageNet's classes are not VOC's. The backbone learns to find objects and to
-describe outlines, but has never seen a benchmark class (docs/method.md "Synthetic benchmark").
+octagon, and two holed ones, an elliptic ring and an octagonal frame), as ImageNet's classes are
+not VOC's. The backbone learns to find objects, to describe outlines and to see holes, but has
+never seen a benchmark class (docs/method.md "Synthetic benchmark"). The ResNet-18 of the student
+is pretrained for fewer iterations than the teacher's ResNet-50 (``PRETEXT_ITERATIONS``).
 
 The result is a torchvision-named state dict (``.pth``) that ``--student-pretrained`` /
 ``--teacher-pretrained`` load strictly (``frkd.models.pretrained``). It is a pure function of
