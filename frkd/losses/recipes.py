@@ -95,23 +95,23 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
 
 # dataset -> recipe -> overrides: the only per-dataset loss defaults. voc: CIRKD's
 # train_scripts/train_cirkd/voc/*.sh; synthetic: chosen by the tuning protocol (python -m frkd.compare
-# --tune: every recipe's weights × {0.03, 0.1, 0.3, 1, 3} on seeds 100-102; docs/method.md).
+# --tune: every recipe's weights × {0.03, 0.1, 0.3, 1} on seeds 100-102, benchmark v3; docs/method.md).
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01}},
     "synthetic": {
-        "kd": {"lambda_kd": 3.0},                                                                  # × 3
+        "kd": {"lambda_kd": 0.03},                                                                 # × 0.03
         "cwd": {"lambda_kd": 0.03, "lambda_cwd_fea": 1.5, "lambda_cwd_logit": 0.09, "lambda_adv": 3e-05},  # × 0.03
-        "ifvd": {"lambda_kd": 3.0, "lambda_ifv": 60.0, "lambda_adv": 0.003},                       # × 3
-        "fitnet": {"lambda_kd": 0.3, "lambda_fitnet": 3.0},                                        # × 0.3
-        "cirkd": {"lambda_kd": 3.0, "lambda_minibatch_pixel": 3.0, "lambda_memory_pixel": 0.3,
-                  "lambda_memory_region": 0.3},                                                   # × 3
+        "ifvd": {"lambda_kd": 0.1, "lambda_ifv": 2.0, "lambda_adv": 1e-04},                        # × 0.1
+        "fitnet": {"lambda_kd": 0.1, "lambda_fitnet": 1.0},                                        # × 0.1
+        "cirkd": {"lambda_kd": 0.1, "lambda_minibatch_pixel": 0.1, "lambda_memory_pixel": 0.01,
+                  "lambda_memory_region": 0.01},                                                  # × 0.1
     },
 }
 
 # dataset -> recipe -> gradient ratio ρ of the engine's calibration (frkd.engine, --distill-grad-ratio):
 # each distillation term is scaled once so that its gradient on the student feature starts at ρ/n of
 # the task loss's. Off (0) unless listed. Synthetic: chosen by the tuning protocol (docs/method.md).
-GRAD_RATIO_DEFAULTS: dict[str, dict[str, float]] = {"synthetic": {"frkd": 3.0}}
+GRAD_RATIO_DEFAULTS: dict[str, dict[str, float]] = {"synthetic": {"frkd": 0.03}}
 # dataset -> recipe -> the weights the tuning chose without calibration, for a calibrated recipe's
 # "no calibration" ablation (frkd.benchmark).
 TUNED_UNCALIBRATED: dict[str, dict[str, dict[str, Any]]] = {
