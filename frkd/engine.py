@@ -123,9 +123,12 @@ def check_resumable(state: dict, path: str, phase: str, config: RunConfig) -> No
     if batch != config.optim.batch_size:
         raise checkpoint.CheckpointError(f"--resume {path}: expected --batch-size {batch} as the checkpoint's run "
                                          f"(the data order would differ), got {config.optim.batch_size}")
+    # the fields that shape the optimizer's parameter groups (defaults: checkpoints written before them)
+    group_fields = [("optim", "head_lr_mult", 1.0)]
+    if phase == "student":
+        group_fields.append(("model", "student_frozen_stages", -1))
     saved = state.get("config") or {}
-    groups_set_by = [("optim", "head_lr_mult", 1.0)] + [("model", "student_frozen_stages", -1)] * (phase == "student")
-    for section, name, before in groups_set_by:
+    for section, name, before in group_fields:
         value, current = saved.get(section, {}).get(name, before), getattr(getattr(config, section), name)
         if value != current:
             raise checkpoint.CheckpointError(f"--resume {path}: expected {flag(name)} {value:g} as the checkpoint's "
