@@ -62,6 +62,17 @@ def test_cached_backbone_loads_with_the_strict_loader(tmp_path, one_thread, back
         load_backbone_weights(DilatedResNet(backbone, 4), path)
 
 
+def test_building_the_cache_leaves_the_callers_random_stream_alone(tmp_path, one_thread):
+    # a run that builds the backbone (cold cache) must draw the same dropout masks as one that loads it
+    torch.manual_seed(5)
+    pretext_backbone_path("resnet18", 2, str(tmp_path), **TINY)
+    cold = torch.rand(4)
+    torch.manual_seed(5)
+    pretext_backbone_path("resnet18", 2, str(tmp_path), **TINY)
+    warm = torch.rand(4)
+    assert torch.equal(cold, warm)
+
+
 def test_unknown_recipe_keys_are_named():
     with pytest.raises(ValueError, match="unknown recipe keys \\['iters'\\]"):
         pretext_recipe("resnet18", 8, iters=3)
