@@ -61,14 +61,17 @@ def _fmt(value, spec: str, missing: str = "n/a") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def _header(teacher: dict, bench, seeds: list[int], none_mean: float | None) -> list[str]:
+def _header(teacher: dict, bench, seeds: list[int], none_mean: float | None, flags: str) -> list[str]:
+    """The table's preamble; ``flags`` names the columns that give one run's ``frkd.train`` flags."""
     d, m, o = bench.data, bench.model, bench.optim
     gap = 100 * teacher["miou"] - none_mean if none_mean is not None else None
     return [f"Teacher {teacher['name']}: mIoU {100 * teacher['miou']:.2f} on the fixed val set. Student "
             f"{m.student_model}-{m.student_backbone} (width {m.width}), {o.max_iterations} iterations per run, "
             f"batch {o.batch_size}, {d.num_classes} classes, {d.crop_size[0]}×{d.crop_size[1]} crops, device "
             f"{teacher['device']}, seeds {', '.join(map(str, seeds))} (shared by every row). Teacher − none gap: "
-            f"{_fmt(gap, '.2f')} mIoU.", ""]
+            f"{_fmt(gap, '.2f')} mIoU. One run of a row: `python -m frkd.train {flags} --seed <seed>"
+            f" --max-iterations {o.max_iterations} --teacher-ckpt {teacher['path']}` (its `summary.json`, "
+            "`student_miou`).", ""]
 
 
 def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
@@ -79,7 +82,7 @@ def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
     seeds = sorted({s for row in present for s in runs[row.name]})
     none = miou_by_seed(runs["none"]) if "none" in runs else None
     frkd = miou_by_seed(runs["frkd"]) if "frkd" in runs else None
-    lines = _header(teacher, bench, seeds, statistics.fmean(none.values()) if none else None)
+    lines = _header(teacher, bench, seeds, statistics.fmean(none.values()) if none else None, "<flags>")
     lines += ["| row | flags (over the synthetic defaults) | mIoU % mean ± std | gain over none [95% CI] | "
               "frkd − row [95% CI] | max class IoU spread | s / iter | peak mem (MB) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -92,7 +95,8 @@ def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
         versus = "—" if row.name == "frkd" or not frkd else paired_difference(frkd, mine).format()
         records = list(runs[row.name].values())
         mems = [r["peak_mem_mb"] for r in records if r.get("peak_mem_mb") is not None]
-        lines.append(f"| {row.name} | {row.describe()} | {statistics.fmean(values):.2f}{spread} | {gain} | {versus} | "
+        flags = f"--method {row.method}" + ("" if row.describe() == "—" else f" {row.describe()}")
+        lines.append(f"| {row.name} | {flags} | {statistics.fmean(values):.2f}{spread} | {gain} | {versus} | "
                      f"{_fmt(class_range(runs[row.name]), '.1f')} | "
                      f"{statistics.fmean(r['s_per_iter'] for r in records):.3f} | {_fmt(max(mems) if mems else None, '.0f')} |")
         per_seed.append(f"{row.name} " + ", ".join(f"{v:.2f}" for v in values))
@@ -141,7 +145,8 @@ def tuning_markdown(results: list[dict], rows, choice: dict, teacher: dict, benc
     runs = by_row(results)
     seeds = sorted({s for r in runs.values() for s in r})
     none = runs.get("none")
-    lines = _header(teacher, bench, seeds, statistics.fmean(miou_by_seed(none).values()) if none else None)
+    lines = _header(teacher, bench, seeds, statistics.fmean(miou_by_seed(none).values()) if none else None,
+                    "--method <method> <weights>")
     lines += ["| row | method | weights / gradient ratio | mIoU % mean ± std | seeds | per seed |",
               "| --- | --- | --- | --- | --- | --- |"]
     chosen = {c["row"] for c in choice.values()}

@@ -1,11 +1,12 @@
 """``python -m frkd.compare``: rows, the tuning grid, the paired table maths, and tiny end-to-end runs."""
 import json
 import os
+import re
 import statistics
 
 import pytest
 
-from frkd import benchmark, compare
+from frkd import benchmark, compare, train
 from frkd.config import DATASET_DEFAULTS
 from frkd.losses import resolved_loss_options
 from frkd.benchmark import Row
@@ -73,7 +74,7 @@ def test_table_reports_paired_intervals_and_class_spread():
     results += [_record("frkd", s, m, classes=(0.9, 0.1 + 0.2 * s)) for s, m in frkd.items()]
     rows = [Row("none", "none"), Row("kd", "kd"), Row("frkd", "frkd")]
     bench = benchmark.run_config(Row("none", "none"), seed=0, out_dir=".", **TINY)
-    text = table_markdown(results, rows, {"name": "t", "miou": 0.6, "device": "cpu"}, bench)
+    text = table_markdown(results, rows, {"name": "t", "miou": 0.6, "device": "cpu", "path": "/t.pt"}, bench)
     pct = lambda d: {s: 100 * v for s, v in d.items()}  # noqa: E731
     assert paired_difference(pct(kd), pct(none)).format() in text
     assert paired_difference(pct(frkd), pct(kd)).format() in text
@@ -115,6 +116,26 @@ def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):
     assert json.load(open(os.path.join(out, "config.json")))["max_iterations"] == TINY["max_iterations"]
     run_summary = json.load(open(os.path.join(out, "runs", "kd-s7", "summary.json")))
     assert run_summary["config"]["loss"]["method"] == "kd" and run_summary["config"]["runtime"]["seed"] == 7
+
+    # the table's own command reruns a (row, seed) to the same number
+    for name, value in TINY.items():  # the CLI has no flags for the data sizes: shrink its defaults as QUICK did
+        monkeypatch.setitem(DATASET_DEFAULTS["synthetic"], name, value)
+    command = re.search(r"`python -m frkd.train (<flags> --seed <seed> [^`]*)`", table).group(1)
+    flags = re.search(r"\| kd \| ([^|]*) \|", table).group(1).strip()
+    rerun = str(tmp_path / "rerun")
+    argv_kd = command.replace("<flags>", flags).replace("<seed>", "7").split() + ["--out-dir", rerun, "--device", "cpu"]
+    assert train.main(argv_kd) == 0
+    kd = next(r for r in records if r["row"] == "kd")
+    assert json.load(open(os.path.join(rerun, "summary.json")))["student_miou"] == kd["miou"]
+
+    def last_student_losses(run_dir):  # the distillation terms depend on the teacher: same terms, same teacher
+        lines = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+        return [r for r in lines if r.get("phase") == "student" and "loss" in r][-1]
+
+    rerun_losses, table_losses = last_student_losses(rerun), last_student_losses(os.path.join(out, "runs", "kd-s7"))
+    assert rerun_losses["kd"] > 0
+    assert {k: rerun_losses[k] for k in ("iteration", "loss", "ce", "kd")} == \
+        {k: table_losses[k] for k in ("iteration", "loss", "ce", "kd")}
 
     assert compare.main(argv) == 0  # finished (row, seed) pairs are skipped
     assert len(read_results(os.path.join(out, "results.jsonl"))) == 2
