@@ -86,22 +86,22 @@ def table_rows(methods=TABLE_METHODS, ablations: bool = True) -> list[Row]:
     rows = [Row(m, m) for m in ordered]
     if ablations and "frkd" in ordered:
         rows += list(ABLATIONS)
-        if calibrated_by_default("frkd"):
-            rows.append(Row("frkd-no-calibration", "frkd", uncalibrated_weights("frkd"), grad_ratio=0.0))
+        switched = other_calibration_row("frkd")
+        if switched:
+            rows.append(switched)
     return rows
 
 
-def calibrated_by_default(method: str) -> bool:
-    from .losses.recipes import GRAD_RATIO_DEFAULTS
+def other_calibration_row(method: str) -> Row | None:
+    """The tuned ``method`` with calibration the other way round from its default (``TUNED_OTHER_CALIBRATION``):
+    ``<method>-no-calibration`` when the default calibrates, else ``<method>-calibrated``; None if not tuned."""
+    from .losses.recipes import TUNED_OTHER_CALIBRATION
 
-    return bool(GRAD_RATIO_DEFAULTS.get("synthetic", {}).get(method))
-
-
-def uncalibrated_weights(method: str) -> dict:
-    """The weights the tuning chose for ``method`` without calibration (``TUNED_UNCALIBRATED``)."""
-    from .losses.recipes import TUNED_UNCALIBRATED
-
-    return dict(TUNED_UNCALIBRATED.get("synthetic", {}).get(method, {}))
+    other = TUNED_OTHER_CALIBRATION.get("synthetic", {}).get(method)
+    if other is None:
+        return None
+    name = f"{method}-calibrated" if other["grad_ratio"] else f"{method}-no-calibration"
+    return Row(name, method, dict(other["options"]), grad_ratio=other["grad_ratio"])
 
 
 def scaled_weights(method: str, scale: float) -> dict:

@@ -112,7 +112,7 @@ def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
 def tuning_choice(results: list[dict], rows) -> dict:
     """Per method, the tuning row with the best mean mIoU over the seeds every candidate finished:
     {method: {"row", "mean", "options", "grad_ratio"}}; for a method tuned with and without
-    calibration also ``<method>-uncalibrated`` (the best row without it)."""
+    calibration also ``<method>-uncalibrated`` and ``<method>-calibrated`` (the best row of each variant)."""
     runs = by_row(results)
     candidates: dict[str, list] = {}
     for row in rows:
@@ -135,8 +135,9 @@ def tuning_choice(results: list[dict], rows) -> dict:
 
         choice[method] = best(cands)
         plain = [row for row in cands if not row.grad_ratio]
-        if len(plain) < len(cands):
-            choice[f"{method}-uncalibrated"] = best(plain)
+        calibrated = [row for row in cands if row.grad_ratio]
+        if plain and calibrated:
+            choice[f"{method}-uncalibrated"], choice[f"{method}-calibrated"] = best(plain), best(calibrated)
     return choice
 
 

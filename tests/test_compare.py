@@ -27,6 +27,18 @@ def test_rows_put_none_first_and_ablations_after_frkd():
     assert [r.name for r in benchmark.table_rows(["kd"])] == ["kd"]
 
 
+@pytest.mark.parametrize("grad_ratio, name", [(0.0, "frkd-no-calibration"), (0.3, "frkd-calibrated")])
+def test_the_calibration_ablation_is_the_tuned_other_variant(monkeypatch, grad_ratio, name):
+    from frkd.losses import recipes
+
+    other = {"options": {"lambda_kd": 0.5}, "grad_ratio": grad_ratio}
+    monkeypatch.setitem(recipes.TUNED_OTHER_CALIBRATION, "synthetic", {"frkd": other})
+    row = benchmark.table_rows(["none", "frkd"])[-1]
+    assert (row.name, row.method, row.options, row.grad_ratio) == (name, "frkd", {"lambda_kd": 0.5}, grad_ratio)
+    monkeypatch.setitem(recipes.TUNED_OTHER_CALIBRATION, "synthetic", {})
+    assert benchmark.table_rows(["none", "frkd"])[-1].name == benchmark.ABLATIONS[-1].name
+
+
 def test_each_ablation_switches_off_exactly_its_own_part():
     """Each ablation row changes one resolved FRKD option, to its 'off' value, and nothing else."""
     from frkd.losses import resolved_loss_options
@@ -92,6 +104,8 @@ def test_tuning_choice_takes_the_best_mean_over_shared_seeds():
     assert choice["kd"]["row"] == "kd@x1" and choice["kd"]["mean"] == pytest.approx(60.5)
     assert choice["frkd"]["row"] == "frkd-calibrated@rho0.1" and choice["frkd"]["grad_ratio"] == 0.1
     assert choice["frkd-uncalibrated"]["row"] == "frkd@x0.1"
+    assert choice["frkd-calibrated"]["row"] == "frkd-calibrated@rho0.1"
+    assert "kd-uncalibrated" not in choice and "kd-calibrated" not in choice
     # a method with an unfinished candidate is not chosen yet
     assert "kd" not in tuning_choice([r for r in results if r["row"] != "kd@x0.1"], rows)
 
