@@ -163,18 +163,22 @@ def train_teacher(config: RunConfig, env: DistEnv, train_set, val_set, log: Metr
     teacher_dir = os.path.join(config.runtime.out_dir, "teacher")
     if env.is_main:
         os.makedirs(teacher_dir, exist_ok=True)
-    seed_everything(config.runtime.seed)
-    model = build_from_config(mc, pretrained_base_path(config.model.teacher_pretrained_base, mc["backbone"], mc["width"]),
-                              "--teacher-pretrained-base")
-    trainer = Trainer(phase="teacher", model=model, teacher=None, distill=None, train_set=train_set,
-                      val_set=val_set, num_classes=mc["num_classes"], max_iterations=config.optim.teacher_iterations,
-                      config=config, env=env, out_dir=teacher_dir, log=log, model_config=mc,
-                      recorded=recorded(config))
-    resume = os.path.join(teacher_dir, "last.pt")
-    state = None
-    if config.runtime.resume is not None and os.path.exists(resume):
-        state = checkpoint.load(resume, "teacher checkpoint", RESUME_HINT)
-    result = run_phase(trainer, env, state, resume)
+    # the teacher phase leaves the caller's random stream as it found it: the student's distillation
+    # modules (FRKD's φ, the CWD/FitNet projections) start the same whether the teacher was trained here
+    # or loaded (teacher.pt, --teacher-ckpt)
+    with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
+        seed_everything(config.runtime.seed)
+        base = pretrained_base_path(config.model.teacher_pretrained_base, mc["backbone"], mc["width"])
+        model = build_from_config(mc, base, "--teacher-pretrained-base")
+        trainer = Trainer(phase="teacher", model=model, teacher=None, distill=None, train_set=train_set,
+                          val_set=val_set, num_classes=mc["num_classes"],
+                          max_iterations=config.optim.teacher_iterations, config=config, env=env,
+                          out_dir=teacher_dir, log=log, model_config=mc, recorded=recorded(config))
+        resume = os.path.join(teacher_dir, "last.pt")
+        state = None
+        if config.runtime.resume is not None and os.path.exists(resume):
+            state = checkpoint.load(resume, "teacher checkpoint", RESUME_HINT)
+        result = run_phase(trainer, env, state, resume)
     if env.is_main:
         checkpoint.save_atomic({"model": trainer.model.state_dict(), "model_config": mc, "miou": result["miou"],
                                 "per_class_iou": result["per_class_iou"], "config": recorded(config)}, cached)

@@ -112,6 +112,16 @@ def test_a_second_run_reuses_the_cached_teacher(run_dir):
     assert "resumed from" in stdout  # last.pt is at max-iterations: nothing left to train
 
 
+def test_the_student_is_the_same_whether_its_teacher_was_trained_in_the_run_or_loaded(run_dir, tmp_path):
+    # FRKD's φ is initialised after the teacher phase: training the teacher must leave no trace on it
+    out_dir, _ = run_dir
+    loaded = str(tmp_path / "loaded")
+    code, _, stderr = run_train(TINY + ["--out-dir", loaded, "--teacher-ckpt", os.path.join(out_dir, "teacher.pt")])
+    assert code == 0, stderr
+    student = lambda d: without_timing([r for r in records(d) if r["phase"] == "student"])  # noqa: E731
+    assert student(loaded) == student(out_dir)
+
+
 def run_eval(argv):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
