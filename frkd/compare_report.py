@@ -95,7 +95,8 @@ def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
         versus = "—" if row.name == "frkd" or not frkd else paired_difference(frkd, mine).format()
         records = list(runs[row.name].values())
         mems = [r["peak_mem_mb"] for r in records if r.get("peak_mem_mb") is not None]
-        flags = f"--method {row.method}" + ("" if row.describe() == "—" else f" {row.describe()}")
+        described = row.describe()
+        flags = f"--method {row.method}" + ("" if described == "—" else f" {described}")
         lines.append(f"| {row.name} | {flags} | {statistics.fmean(values):.2f}{spread} | {gain} | {versus} | "
                      f"{_fmt(class_range(runs[row.name]), '.1f')} | "
                      f"{statistics.fmean(r['s_per_iter'] for r in records):.3f} | {_fmt(max(mems) if mems else None, '.0f')} |")

@@ -114,8 +114,7 @@ def _shape_mask(name: str, ys, xs, cy: float, cx: float, r: float) -> np.ndarray
         d2 = (dy / (0.55 * r)) ** 2 + (dx / r) ** 2
         return (d2 < 1) & (d2 >= 0.55**2)
     if name == "holed-octagon":
-        octagon = (dy < 0.9 * r) & (dx < 0.9 * r) & (dy + dx < 1.25 * r)
-        return octagon & ~((dy < 0.5 * r) & (dx < 0.5 * r) & (dy + dx < 0.7 * r))
+        return _shape_mask("octagon", ys, xs, cy, cx, r) & ~((dy < 0.5 * r) & (dx < 0.5 * r) & (dy + dx < 0.7 * r))
     if name == "frame":
         inside = (dy < 0.85 * r) & (dx < 0.85 * r)
         return inside & ~((dy < 0.45 * r) & (dx < 0.45 * r))
