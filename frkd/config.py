@@ -31,9 +31,9 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join
 SYNTHETIC_PRETEXT = "synthetic-pretext"  # --*-pretrained-base value: the synthetic benchmark's pretext backbone
 NO_PRETRAINED = "none"                   # --*-pretrained-base value: random initialisation
 DATASET_DEFAULTS = {
-    "synthetic": dict(num_classes=7, crop_size=(128, 128), batch_size=8, max_iterations=200, teacher_iterations=600,
+    "synthetic": dict(num_classes=7, crop_size=(128, 128), batch_size=8, max_iterations=300, teacher_iterations=600,
                       lr=0.02, width=8, teacher_width=8, teacher_backbone="resnet50", student_model="pspnet",
-                      student_frozen_stages=4, head_lr_mult=10.0, val_per_iters=200, save_per_iters=200,
+                      student_frozen_stages=4, head_lr_mult=10.0, val_per_iters=300, save_per_iters=300,
                       log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
                       threads=1, align_corners=False, feature_tap="pre-dropout", data_seed=0, train_length=1000,
                       val_length=100, student_pretrained_base=SYNTHETIC_PRETEXT,

@@ -96,12 +96,12 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
 # dataset -> recipe -> overrides: the only per-dataset loss defaults. voc: CIRKD's
 # train_scripts/train_cirkd/voc/*.sh; synthetic: chosen by the tuning protocol (python -m frkd.compare
 # --tune: every recipe's weights × {0.03, 0.1, 0.3, 1} on seeds 100-102, × 3 where the best sat at × 1;
-# benchmark v4; docs/method.md).
+# benchmark v5; docs/method.md).
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01}},
     "synthetic": {
         "kd": {"lambda_kd": 1.0},                                                                  # × 1
-        "cwd": {"lambda_kd": 0.1, "lambda_cwd_fea": 5.0, "lambda_cwd_logit": 0.3, "lambda_adv": 1e-04},  # × 0.1
+        "cwd": {"lambda_kd": 0.03, "lambda_cwd_fea": 1.5, "lambda_cwd_logit": 0.09, "lambda_adv": 3e-05},  # × 0.03
         "ifvd": {"lambda_kd": 0.1, "lambda_ifv": 2.0, "lambda_adv": 1e-04},                        # × 0.1
         "fitnet": {"lambda_kd": 0.3, "lambda_fitnet": 3.0},                                        # × 0.3
         "cirkd": {"lambda_kd": 0.3, "lambda_minibatch_pixel": 0.3, "lambda_memory_pixel": 0.03,
