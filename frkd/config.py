@@ -23,7 +23,8 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join
 
 # Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md "Synthetic benchmark": 7 classes
 # of colour pairs × solid/holed objects at 128×128, a width-8 DeepLabV3-ResNet-50 teacher, a width-8
-# PSPNet-ResNet-18 student whose pretrained backbone is frozen and whose heads learn at 10× the LR, both
+# PSPNet-ResNet-18 student whose pretrained backbone is frozen up to layer3 (layer4 trains) and whose heads
+# learn at 10× the LR, both
 # from the pretext-pretrained backbones of frkd.data.pretext; fixed images, data seed 0)
 # on one intra-op thread (its tiny convolutions gain little from threads; on a busy CPU spinning OpenMP
 # threads cost far more than they give).
@@ -33,7 +34,7 @@ NO_PRETRAINED = "none"                   # --*-pretrained-base value: random ini
 DATASET_DEFAULTS = {
     "synthetic": dict(num_classes=7, crop_size=(128, 128), batch_size=8, max_iterations=300, teacher_iterations=600,
                       lr=0.02, width=8, teacher_width=8, teacher_backbone="resnet50", student_model="pspnet",
-                      student_frozen_stages=4, head_lr_mult=10.0, val_per_iters=300, save_per_iters=300,
+                      student_frozen_stages=3, head_lr_mult=10.0, val_per_iters=300, save_per_iters=300,
                       log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
                       threads=1, align_corners=False, feature_tap="pre-dropout", data_seed=0, train_length=1000,
                       val_length=100, student_pretrained_base=SYNTHETIC_PRETEXT,
