@@ -96,12 +96,12 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
 # dataset -> recipe -> overrides: the only per-dataset loss defaults. voc: CIRKD's
 # train_scripts/train_cirkd/voc/*.sh; synthetic: chosen by the tuning protocol (python -m frkd.compare
 # --tune: every recipe's weights × {0.03, 0.1, 0.3, 1} on seeds 100-102, × 3 where the best sat at × 1;
-# benchmark v5; docs/method.md).
+# benchmark v6; docs/method.md).
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01}},
     "synthetic": {
-        "kd": {"lambda_kd": 1.0},                                                                  # × 1
-        "cwd": {"lambda_kd": 0.03, "lambda_cwd_fea": 1.5, "lambda_cwd_logit": 0.09, "lambda_adv": 3e-05},  # × 0.03
+        "kd": {"lambda_kd": 0.1},                                                                  # × 0.1
+        "cwd": {"lambda_kd": 0.1, "lambda_cwd_fea": 5.0, "lambda_cwd_logit": 0.3, "lambda_adv": 1e-04},  # × 0.1
         "ifvd": {"lambda_kd": 0.1, "lambda_ifv": 2.0, "lambda_adv": 1e-04},                        # × 0.1
         "fitnet": {"lambda_kd": 0.3, "lambda_fitnet": 3.0},                                        # × 0.3
         "cirkd": {"lambda_kd": 0.3, "lambda_minibatch_pixel": 0.3, "lambda_memory_pixel": 0.03,
@@ -112,7 +112,7 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 # dataset -> recipe -> gradient ratio ρ of the engine's calibration (frkd.engine, --distill-grad-ratio):
 # each distillation term is scaled once so that its gradient on the student feature starts at ρ/n of
 # the task loss's. Off (0) unless listed. Synthetic: chosen by the tuning protocol (docs/method.md).
-GRAD_RATIO_DEFAULTS: dict[str, dict[str, float]] = {"synthetic": {"frkd": 1.0}}
+GRAD_RATIO_DEFAULTS: dict[str, dict[str, float]] = {"synthetic": {"frkd": 3.0}}
 # dataset -> recipe -> the best setting the tuning found with calibration the other way round from the
 # default ({"options": loss options, "grad_ratio": ρ, 0 = off}), for the benchmark's ablation row that
 # switches calibration (frkd.benchmark: "frkd-no-calibration" or "frkd-calibrated").
