@@ -24,8 +24,8 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join
 # Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md "Synthetic benchmark": 7 classes
 # of colour pairs × solid/holed objects at 128×128, a width-8 DeepLabV3-ResNet-50 teacher, a width-8
 # PSPNet-ResNet-18 student whose pretrained backbone is frozen up to layer3 (layer4 trains) and whose heads
-# learn at 10× the LR, both
-# from the pretext-pretrained backbones of frkd.data.pretext; fixed images, data seed 0)
+# learn at 10× the LR, both from the pretext-pretrained backbones of frkd.data.pretext; fixed images,
+# data seed 0)
 # on one intra-op thread (its tiny convolutions gain little from threads; on a busy CPU spinning OpenMP
 # threads cost far more than they give).
 # Cityscapes/VOC: CIRKD's recipes (align_corners and the post-dropout feature tap as CIRKD's code).
