@@ -306,6 +306,23 @@ def test_synthetic_is_deterministic_and_split_dependent():
     assert not torch.equal(a[0], make(0, "train")[6][0])
 
 
+def test_synthetic_cached_scenes_equal_fresh_ones_and_stay_unchanged():
+    ds = build_dataset("synthetic", None, "train", crop_size=(24, 32), train=True, seed=3, length=4)
+    ds.set_epoch(0)  # augmentation fixed by (seed, epoch, index)
+    first = [ds[i] for i in range(4)]  # fills the cache
+    for index, (image, label) in enumerate(first):
+        fresh = generate_scene(scene_rng(3, "train", index), 24, 32, ds.num_classes)
+        cached_image, cached_label = ds.load_pair(index)
+        assert np.array_equal(np.asarray(cached_image), fresh.image) and np.array_equal(cached_label, fresh.label)
+        assert not cached_label.flags.writeable
+        again = ds[index]  # same (seed, index): same augmentation, from the cached scene
+        assert torch.equal(image, again[0]) and torch.equal(label, again[1])
+    big = build_dataset("synthetic", None, "train", crop_size=(24, 32), image_size=(512, 512), train=False,
+                        length=1000)
+    big.load_pair(0)
+    assert not big._scenes  # 1000 scenes of 512² exceed SCENE_CACHE_BYTES: generated each time
+
+
 def test_synthetic_labels_have_classes_and_thin_ignore_boundaries():
     ds = build_dataset("synthetic", None, "val", crop_size=32, train=False, num_classes=7, length=30)
     assert len(ds) == 30 and ds.num_classes == 7 and len(ds.class_names) == 7

@@ -48,6 +48,7 @@ RADIUS_RANGE = (0.18, 0.28)  # object radius / image side
 OBJECT_COUNTS = (1, 2, 3)
 OBJECT_COUNT_PROBABILITIES = (0.3, 0.45, 0.25)
 IGNORE = 255
+SCENE_CACHE_BYTES = 256 * 2**20  # generated images (H×W×3) and labels (H×W) kept per dataset
 
 class Scene(NamedTuple):
     """One generated scene: uint8 H×W×3 image and three uint8 H×W maps (255 on class boundaries).
@@ -204,10 +205,20 @@ class SyntheticSegmentation(SegmentationDataset):
         self.num_classes = num_classes
         self.class_names = synthetic_class_names(num_classes)
         self.length = length
+        # a scene depends only on (seed, split, index): keep the generated arrays (most of a sample's CPU
+        # time) when the whole split fits in SCENE_CACHE_BYTES; each worker process fills its own copy
+        self._cache_scenes = length * self.image_size[0] * self.image_size[1] * 4 <= SCENE_CACHE_BYTES
+        self._scenes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return self.length
 
     def load_pair(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        scene = generate_scene(scene_rng(self.seed, self.split, index), *self.image_size, self.num_classes)
-        return Image.fromarray(scene.image), scene.label
+        scene = self._scenes.get(index)
+        if scene is None:
+            scene = generate_scene(scene_rng(self.seed, self.split, index), *self.image_size, self.num_classes)[:2]
+            if self._cache_scenes:
+                for array in scene:
+                    array.setflags(write=False)
+                self._scenes[index] = scene
+        return Image.fromarray(scene[0]), scene[1]
