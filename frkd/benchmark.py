@@ -25,7 +25,7 @@ TABLE_METHODS = ("none", "kd", "cwd", "ifvd", "fitnet", "cirkd", "frkd")
 # the weights a tuning scale multiplies: the student's distillation terms (not the discriminator's own loss)
 UNSCALED_WEIGHTS = ("lambda_d", "lambda_gp")
 # quick smoke run: the same benchmark with short schedules
-QUICK = dict(max_iterations=20, teacher_iterations=60)
+QUICK = dict(max_iterations=20, teacher_iterations=30)
 
 
 @dataclass(frozen=True)

@@ -289,6 +289,20 @@ def test_discriminator_shape_follows_cirkd():
     assert d(torch.randn(2, 19, 8, 8)).shape == (2, 1, 1, 1)  # toy logits are upsampled to 64
 
 
+def test_discriminator_width_is_an_option_and_the_synthetic_benchmark_narrows_it():
+    def first_and_last_widths(loss):
+        convs = [m for m in loss.components["adversarial"].discriminator.body if isinstance(m, torch.nn.Conv2d)]
+        return convs[0].out_channels, convs[-1].out_channels
+
+    common = dict(num_classes=3, student_channels=2, teacher_channels=2, lambda_adv=0.001, lambda_d=0.1)
+    assert first_and_last_widths(build_loss("kd", **common)) == (64, 512)  # CIRKD's
+    assert first_and_last_widths(build_loss("kd", d_width=8, **common)) == (8, 64)
+    assert resolved_loss_options("cwd", {}, "synthetic")["d_width"] == 8
+    assert resolved_loss_options("cwd", {}, "citys")["d_width"] == 64
+    with pytest.raises(ValueError, match="--d-width must be an integer >= 8"):
+        build_loss("kd", d_width=4, **common)
+
+
 @pytest.mark.parametrize("adv_type", ["hinge", "wgan-gp"])
 def test_adversarial_terms_follow_the_formulas(adv_type):
     torch.manual_seed(4)

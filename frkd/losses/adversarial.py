@@ -2,7 +2,8 @@
 logits, a generator term for the student and a discriminator loss for its own optimizer.
 
 Discriminator (CIRKD ``utils/sagan.py``, ``preprocess_GAN_mode=1``): BatchNorm over the K logit
-channels, four spectral-normalised 4×4 stride-2 convs (64, 128, 256, 512 channels, LeakyReLU 0.1),
+channels, four spectral-normalised 4×4 stride-2 convs (64, 128, 256, 512 channels, LeakyReLU 0.1;
+``d_width`` sets the first, 64 as CIRKD; the synthetic benchmark's networks are 8× narrower, so is its D),
 self-attention after the third and the fourth, and a 4×4 conv to one channel. It needs logits of at
 least 64×64 (stride 8 of a 512 crop); smaller logits are upsampled bilinearly to 64 on that side
 first (toy crops only; CIRKD's crops are 512×1024 and 512×512).
@@ -69,12 +70,15 @@ class Adversarial(DistillationLoss):
     """``adv``: λ_adv·(−mean D(Z_S)), the student's (generator's) term. The discriminator's own loss,
     ×λ_d, is ``discriminator_loss``; its parameters are ``discriminator_parameters()``."""
 
-    def __init__(self, *, lambda_adv: float, lambda_d: float, adv_type: str, lambda_gp: float, **common):
+    def __init__(self, *, lambda_adv: float, lambda_d: float, adv_type: str, lambda_gp: float, d_width: int = 64,
+                 **common):
         super().__init__(**common)
         if adv_type not in ADV_TYPES:
             raise ValueError(f"adv_type must be one of {', '.join(ADV_TYPES)}, got {adv_type!r}")
+        if not isinstance(d_width, int) or d_width < 8:
+            raise ValueError(f"--d-width must be an integer >= 8 (self-attention keeps width/8 channels), got {d_width!r}")
         self.lambda_adv, self.lambda_d, self.adv_type, self.lambda_gp = lambda_adv, lambda_d, adv_type, lambda_gp
-        self.discriminator = Discriminator(self.num_classes)
+        self.discriminator = Discriminator(self.num_classes, d_width)
 
     def forward(self, student, teacher, labels) -> dict[str, torch.Tensor]:
         if self.lambda_adv == 0:

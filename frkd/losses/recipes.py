@@ -44,6 +44,8 @@ OPTIONS = (
     Option("adv_type", ("--adv-type",), str, "hinge", None,
            "discriminator loss: hinge (CIRKD's train_kd.py) or wgan-gp (IFVD)", ("hinge", "wgan-gp")),
     Option("lambda_gp", ("--lambda-gp",), float, 10.0, None, "gradient-penalty weight of wgan-gp"),
+    Option("d_width", ("--d-width",), int, 64, None,
+           "channels of the discriminator's first conv, doubled at each of its four (CIRKD's sagan.py: 64)"),
     Option("lambda_minibatch_pixel", ("--lambda-minibatch-pixel",), float, 0.0, "--lambda-minibatch-pixel",
            "CIRKD mini-batch pixel-to-pixel relation"),
     Option("lambda_memory_pixel", ("--lambda-memory-pixel",), float, 0.0, "--lambda-memory-pixel",
@@ -101,11 +103,17 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01}},
     "synthetic": {
         "kd": {"lambda_kd": 0.1},                                                                  # × 0.1
-        "cwd": {"lambda_kd": 0.1, "lambda_cwd_fea": 5.0, "lambda_cwd_logit": 0.3, "lambda_adv": 1e-04},  # × 0.1
-        "ifvd": {"lambda_kd": 0.1, "lambda_ifv": 2.0, "lambda_adv": 1e-04},                        # × 0.1
+        "cwd": {"lambda_kd": 0.1, "lambda_cwd_fea": 5.0, "lambda_cwd_logit": 0.3, "lambda_adv": 1e-04,
+                "d_width": 8},                                                                     # × 0.1
+        "ifvd": {"lambda_kd": 0.1, "lambda_ifv": 2.0, "lambda_adv": 1e-04, "d_width": 8},          # × 0.1
         "fitnet": {"lambda_kd": 0.3, "lambda_fitnet": 3.0},                                        # × 0.3
         "cirkd": {"lambda_kd": 0.3, "lambda_minibatch_pixel": 0.3, "lambda_memory_pixel": 0.03,
-                  "lambda_memory_region": 0.03},                                                  # × 0.3
+                  "lambda_memory_region": 0.03,                                                   # × 0.3
+                  # CIRKD's banks (20 000 / 2 000 per class) would still hold mostly their random initial
+                  # vectors when a 300-iteration run ends (≈ 80 pixels and 5 regions per class and iteration
+                  # here); these fill in its first ~5%. Negatives ÷ 8 (a batch has 16×16 pixels per image)
+                  "pixel_memory_size": 1000, "region_memory_size": 100, "pixel_contrast_size": 512,
+                  "region_contrast_size": 128},
     },
 }
 
