@@ -43,7 +43,9 @@ def pixel_embeddings(feat: torch.Tensor) -> torch.Tensor:
     return F.normalize(feat, p=2, dim=1).flatten(2).transpose(1, 2)
 
 
-CHUNK_ELEMENTS = 1 << 24  # similarities held at once per network (64 MiB in float32)
+# similarities held at once per network: 64 MiB in float32 on a GPU; 4 MiB on a CPU, where a block that
+# stays in cache makes the term ≈ 2.5× faster than one 4096×4096 block even though the backward recomputes it
+CHUNK_ELEMENTS = {"cuda": 1 << 24, "cpu": 1 << 20}
 
 
 def _block_log_softmax(e: torch.Tensor, rows: slice, temperature: float, B: int) -> torch.Tensor:
@@ -98,13 +100,14 @@ def minibatch_pixel_relation(f_s: torch.Tensor, f_t: torch.Tensor, temperature: 
                              chunk_rows: int | None = None) -> torch.Tensor:
     """CIRKD's mini-batch pixel-to-pixel term (module doc) over the B·N×B·N similarities of each
     network, with the softmax over each image's N columns, ``chunk_rows`` rows at a time (default:
-    ``CHUNK_ELEMENTS`` similarities). f_s B×C_s×H×W, f_t B×C_t×H×W -> scalar."""
+    ``CHUNK_ELEMENTS`` similarities of the device). f_s B×C_s×H×W, f_t B×C_t×H×W -> scalar."""
     B, N = f_s.shape[0], f_s.shape[2] * f_s.shape[3]
     dt = torch.float64 if f_s.dtype == torch.float64 else torch.float32  # softmax over N·B columns
     with torch.autocast(f_s.device.type, enabled=False):
         s = pixel_embeddings(f_s.to(dt)).reshape(B * N, -1)
         t = pixel_embeddings(f_t.detach().to(dt)).reshape(B * N, -1)
-        chunk = chunk_rows or max(1, CHUNK_ELEMENTS // (B * N))
+        elements = CHUNK_ELEMENTS["cpu" if f_s.device.type == "cpu" else "cuda"]
+        chunk = chunk_rows or max(1, elements // (B * N))
         return _PairRelationKL.apply(s, t, temperature, B, chunk)
 
 
