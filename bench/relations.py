@@ -2,6 +2,9 @@
 backward (median of repeats) and the peak memory it adds, per term and feature size.
 
 ``python -m bench.relations [--sizes 16x32 32x64 --batch 2 --repeats 3 --device cpu]``
+``python -m bench.relations --shapes synthetic [--term-sizes synthetic]``: the synthetic benchmark's
+shapes (K 7, C_s 16, C_t 32, batch 16, 16×16) with CIRKD's term sizes or the benchmark's own
+(discriminator width, memory banks and negatives: ``DATASET_DEFAULTS["synthetic"]`` of the recipes).
 
 Each (term, size) runs in a fresh process so that its peak is its own: on the CPU the peak is the
 growth of the process's peak RSS (VmHWM, reset first) over one forward + backward after the inputs
@@ -20,7 +23,7 @@ import time
 
 import torch
 
-from frkd.losses import build_loss
+from frkd.losses import DATASET_DEFAULTS, build_loss
 from frkd.models import SegOutput
 
 TERMS = {  # term -> the build_loss options that switch on that term alone
@@ -32,7 +35,18 @@ TERMS = {  # term -> the build_loss options that switch on that term alone
     "ifv": {"lambda_ifv": 20.0},
     "adv (G term + D loss)": {"lambda_adv": 0.001, "lambda_d": 0.1},
 }
-K, C_S, C_T = 19, 128, 512
+# --shapes -> classes, student / teacher feature channels, images per device, feature H×W
+SHAPES = {"cirkd": dict(K=19, C_s=128, C_t=512, batch=2, sizes=[(16, 32), (32, 64)]),
+          "synthetic": dict(K=7, C_s=16, C_t=32, batch=16, sizes=[(16, 16)])}
+SIZE_OPTIONS = ("d_width", "pixel_memory_size", "region_memory_size", "pixel_contrast_size", "region_contrast_size")
+
+
+def term_sizes(which: str) -> dict:
+    """The size options of the terms: {} for CIRKD's, else the synthetic benchmark's overrides."""
+    if which == "cirkd":
+        return {}
+    recipes = DATASET_DEFAULTS["synthetic"]
+    return {k: v for recipe in ("cwd", "cirkd") for k, v in recipes[recipe].items() if k in SIZE_OPTIONS}
 
 
 def _rss_field(name: str) -> int:
@@ -58,10 +72,14 @@ def _peak_bytes(device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_field("VmHWM")
 
 
-def _measure(term: str, B: int, H: int, W: int, repeats: int, device: str, queue) -> None:
+def _measure(term: str, shapes: str, sizes: dict, B: int, H: int, W: int, repeats: int, device: str,
+             threads: int | None, queue) -> None:
+    if threads:
+        torch.set_num_threads(threads)  # a spawned process starts with torch's default
     torch.manual_seed(0)
     dev = torch.device(device)
-    options = {"lambda_kd": 0.0, **TERMS[term]}
+    K, C_S, C_T = (SHAPES[shapes][k] for k in ("K", "C_s", "C_t"))
+    options = {"lambda_kd": 0.0, **TERMS[term], **sizes}
     loss = build_loss("kd", num_classes=K, student_channels=C_S, teacher_channels=C_T, **options).to(dev)
     z_s = torch.randn(B, K, H, W, device=dev, requires_grad=True)
     f_s = torch.randn(B, C_S, H, W, device=dev, requires_grad=True)
@@ -95,10 +113,11 @@ def _measure(term: str, B: int, H: int, W: int, repeats: int, device: str, queue
                "state_mb": state / 2 ** 20})
 
 
-def measure(term: str, B: int, H: int, W: int, repeats: int, device: str) -> dict:
+def measure(term: str, B: int, H: int, W: int, repeats: int, device: str, shapes: str = "cirkd",
+            sizes: dict | None = None, threads: int | None = None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(term, B, H, W, repeats, device, queue))
+    proc = ctx.Process(target=_measure, args=(term, shapes, sizes or {}, B, H, W, repeats, device, threads, queue))
     proc.start()
     proc.join()
     if proc.exitcode != 0:
@@ -116,9 +135,15 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.relations", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", nargs="+", type=parse_size, default=[(16, 32), (32, 64)],
-                   help="feature H×W (crop / 8); CIRKD's Cityscapes crop is 64x128")
-    p.add_argument("--batch", type=int, default=2, help="images per device (CIRKD: 16 over 8 GPUs)")
+    p.add_argument("--shapes", default="cirkd", choices=tuple(SHAPES),
+                   help="CIRKD's per-GPU shapes or the synthetic benchmark's (default: cirkd)")
+    p.add_argument("--term-sizes", default="cirkd", choices=("cirkd", "synthetic"),
+                   help="discriminator width, memory banks and negatives: CIRKD's or the synthetic benchmark's")
+    p.add_argument("--sizes", nargs="+", type=parse_size, default=None,
+                   help="feature H×W (crop / 8); CIRKD's Cityscapes crop is 64x128 (default: 16x32 32x64; "
+                        "synthetic shapes 16x16)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per device (CIRKD: 16 over 8 GPUs; default 2, synthetic shapes 16)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--terms", nargs="+", default=list(TERMS), choices=list(TERMS))
     p.add_argument("--device", default="cpu")
@@ -127,12 +152,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    shapes = SHAPES[args.shapes]
+    batch, sizes = args.batch or shapes["batch"], args.sizes or shapes["sizes"]
+    extra = term_sizes(args.term_sizes)
     rows = []
-    print(f"device {args.device}, batch {args.batch}, K {K}, C_s {C_S}, C_t {C_T}; one forward + backward")
+    print(f"device {args.device}, batch {batch}, K {shapes['K']}, C_s {shapes['C_s']}, C_t {shapes['C_t']}, "
+          f"term sizes {args.term_sizes} {extra or ''}; one forward + backward")
     print(f"{'term':24} {'H×W':>8} {'median s':>9} {'first s':>8} {'peak MB':>8} {'state MB':>9}")
-    for H, W in args.sizes:
+    for H, W in sizes:
         for term in args.terms:
-            row = measure(term, args.batch, H, W, args.repeats, args.device)
+            row = measure(term, batch, H, W, args.repeats, args.device, args.shapes, extra, args.threads)
             rows.append(row)
             if "error" in row:
                 print(f"{term:24} {H}x{W:<5} {row['error']}")

@@ -171,3 +171,20 @@ def test_script_entry_point_runs():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--providers" in proc.stdout and "--markdown" in proc.stdout
+
+
+def test_relations_synthetic_shapes_take_the_benchmarks_term_sizes(tmp_path, capsys):
+    from bench import relations
+    from frkd.losses import DATASET_DEFAULTS
+
+    sizes = relations.term_sizes("synthetic")
+    assert sizes["d_width"] == DATASET_DEFAULTS["synthetic"]["cwd"]["d_width"]
+    assert sizes["pixel_memory_size"] == DATASET_DEFAULTS["synthetic"]["cirkd"]["pixel_memory_size"]
+    assert relations.term_sizes("cirkd") == {}
+    out = tmp_path / "rows.json"
+    argv = ["--shapes", "synthetic", "--term-sizes", "synthetic", "--terms", "adv (G term + D loss)",
+            "--repeats", "0", "--threads", "1", "--json", str(out)]
+    assert relations.main(argv) == 0
+    row, = json.loads(out.read_text())
+    assert (row["B"], row["H"], row["W"]) == (16, 16, 16) and row["state_mb"] < 1  # D of width 8: ≈ 0.2 MB
+    assert "batch 16, K 7, C_s 16, C_t 32" in capsys.readouterr().out

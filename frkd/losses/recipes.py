@@ -110,8 +110,8 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "cirkd": {"lambda_kd": 0.3, "lambda_minibatch_pixel": 0.3, "lambda_memory_pixel": 0.03,
                   "lambda_memory_region": 0.03,                                                   # × 0.3
                   # CIRKD's banks (20 000 / 2 000 per class) would still hold mostly their random initial
-                  # vectors when a 300-iteration run ends (≈ 80 pixels and 5 regions per class and iteration
-                  # here); these fill in its first ~5%. Negatives ÷ 8 (a batch has 16×16 pixels per image)
+                  # vectors when a 300-iteration run ends (≈ 75 pixels and 5 regions per object class and
+                  # iteration here); these fill in its first 13-21. Negatives ÷ 8 (16×16 pixels per image)
                   "pixel_memory_size": 1000, "region_memory_size": 100, "pixel_contrast_size": 512,
                   "region_contrast_size": 128},
     },
