@@ -98,14 +98,14 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
 # dataset -> recipe -> overrides: the only per-dataset loss defaults. voc: CIRKD's
 # train_scripts/train_cirkd/voc/*.sh; synthetic: chosen by the tuning protocol (python -m frkd.compare
 # --tune: every recipe's weights × {0.03, 0.1, 0.3, 1} on seeds 100-102, × 3 where the best sat at × 1;
-# benchmark v6; docs/method.md).
+# benchmark v7; docs/method.md).
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01}},
     "synthetic": {
-        "kd": {"lambda_kd": 0.1},                                                                  # × 0.1
+        "kd": {"lambda_kd": 0.3},                                                                  # × 0.3
         "cwd": {"lambda_kd": 0.1, "lambda_cwd_fea": 5.0, "lambda_cwd_logit": 0.3, "lambda_adv": 1e-04,
                 "d_width": 8},                                                                     # × 0.1
-        "ifvd": {"lambda_kd": 0.1, "lambda_ifv": 2.0, "lambda_adv": 1e-04, "d_width": 8},          # × 0.1
+        "ifvd": {"lambda_kd": 0.03, "lambda_ifv": 0.6, "lambda_adv": 3e-05, "d_width": 8},         # × 0.03
         "fitnet": {"lambda_kd": 0.3, "lambda_fitnet": 3.0},                                        # × 0.3
         "cirkd": {"lambda_kd": 0.3, "lambda_minibatch_pixel": 0.3, "lambda_memory_pixel": 0.03,
                   "lambda_memory_region": 0.03,                                                   # × 0.3
