@@ -107,8 +107,7 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
                 "d_width": 8},                                                                     # × 0.1
         "ifvd": {"lambda_kd": 0.03, "lambda_ifv": 0.6, "lambda_adv": 3e-05, "d_width": 8},         # × 0.03
         "fitnet": {"lambda_kd": 0.3, "lambda_fitnet": 3.0},                                        # × 0.3
-        "cirkd": {"lambda_kd": 0.3, "lambda_minibatch_pixel": 0.3, "lambda_memory_pixel": 0.03,
-                  "lambda_memory_region": 0.03,                                                   # × 0.3
+        "cirkd": {                                                        # × 1 (CIRKD's weights)
                   # CIRKD's banks (20 000 / 2 000 per class) would still hold mostly their random initial
                   # vectors when a 300-iteration run ends (≈ 75 pixels and 5 regions per object class and
                   # iteration here); these fill in its first 13-21. Negatives ÷ 8 (16×16 pixels per image)
