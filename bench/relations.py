@@ -150,8 +150,6 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads per measuring process")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     shapes = SHAPES[args.shapes]
     batch, sizes = args.batch or shapes["batch"], args.sizes or shapes["sizes"]
     extra = term_sizes(args.term_sizes)

@@ -110,7 +110,7 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "cirkd": {                                                        # × 1 (CIRKD's weights)
                   # CIRKD's banks (20 000 / 2 000 per class) would still hold mostly their random initial
                   # vectors when a 300-iteration run ends (≈ 75 pixels and 5 regions per object class and
-                  # iteration here); these fill in its first 13-21. Negatives ÷ 8 (16×16 pixels per image)
+                  # iteration here); these fill in its first 13-21 iterations. Negatives ÷ 8 (16×16 pixels per image)
                   "pixel_memory_size": 1000, "region_memory_size": 100, "pixel_contrast_size": 512,
                   "region_contrast_size": 128},
     },
