@@ -5,6 +5,8 @@ backward (median of repeats) and the peak memory it adds, per term and feature s
 ``python -m bench.relations --shapes synthetic [--term-sizes synthetic]``: the synthetic benchmark's
 shapes (K 7, C_s 16, C_t 32, batch 16, 16×16) with CIRKD's term sizes or the benchmark's own
 (discriminator width, memory banks and negatives: ``DATASET_DEFAULTS["synthetic"]`` of the recipes).
+``--chunk-elements N``: the mini-batch relation's block of similarities (default
+``frkd.losses.cross_image.CHUNK_ELEMENTS`` of the device).
 
 Each (term, size) runs in a fresh process so that its peak is its own: on the CPU the peak is the
 growth of the process's peak RSS (VmHWM, reset first) over one forward + backward after the inputs
@@ -23,7 +25,7 @@ import time
 
 import torch
 
-from frkd.losses import DATASET_DEFAULTS, build_loss
+from frkd.losses import DATASET_DEFAULTS, build_loss, cross_image
 from frkd.models import SegOutput
 
 TERMS = {  # term -> the build_loss options that switch on that term alone
@@ -73,11 +75,13 @@ def _peak_bytes(device: torch.device) -> int:
 
 
 def _measure(term: str, shapes: str, sizes: dict, B: int, H: int, W: int, repeats: int, device: str,
-             threads: int | None, queue) -> None:
+             threads: int | None, chunk_elements: int | None, queue) -> None:
     if threads:
         torch.set_num_threads(threads)  # a spawned process starts with torch's default
     torch.manual_seed(0)
     dev = torch.device(device)
+    if chunk_elements:
+        cross_image.CHUNK_ELEMENTS["cpu" if dev.type == "cpu" else "cuda"] = chunk_elements
     K, C_S, C_T = (SHAPES[shapes][k] for k in ("K", "C_s", "C_t"))
     options = {"lambda_kd": 0.0, **TERMS[term], **sizes}
     loss = build_loss("kd", num_classes=K, student_channels=C_S, teacher_channels=C_T, **options).to(dev)
@@ -114,10 +118,11 @@ def _measure(term: str, shapes: str, sizes: dict, B: int, H: int, W: int, repeat
 
 
 def measure(term: str, B: int, H: int, W: int, repeats: int, device: str, shapes: str = "cirkd",
-            sizes: dict | None = None, threads: int | None = None) -> dict:
+            sizes: dict | None = None, threads: int | None = None, chunk_elements: int | None = None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(term, shapes, sizes or {}, B, H, W, repeats, device, threads, queue))
+    proc = ctx.Process(target=_measure, args=(term, shapes, sizes or {}, B, H, W, repeats, device, threads,
+                                              chunk_elements, queue))
     proc.start()
     proc.join()
     if proc.exitcode != 0:
@@ -148,18 +153,25 @@ def main(argv=None) -> int:
     p.add_argument("--terms", nargs="+", default=list(TERMS), choices=list(TERMS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads per measuring process")
+    p.add_argument("--chunk-elements", type=int, default=None,
+                   help="similarities per block of the mini-batch relation (default: CHUNK_ELEMENTS of the "
+                        "device, 2^20 on CPU, 2^24 on GPU)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
+    if args.chunk_elements is not None and args.chunk_elements < 1:
+        p.error(f"--chunk-elements: expected a positive number of similarities, got {args.chunk_elements}")
     shapes = SHAPES[args.shapes]
     batch, sizes = args.batch or shapes["batch"], args.sizes or shapes["sizes"]
     extra = term_sizes(args.term_sizes)
     rows = []
     print(f"device {args.device}, batch {batch}, K {shapes['K']}, C_s {shapes['C_s']}, C_t {shapes['C_t']}, "
-          f"term sizes {args.term_sizes} {extra or ''}; one forward + backward")
+          f"term sizes {args.term_sizes} {extra or ''}, relation blocks "
+          f"{args.chunk_elements or 'default'}; one forward + backward")
     print(f"{'term':24} {'H×W':>8} {'median s':>9} {'first s':>8} {'peak MB':>8} {'state MB':>9}")
     for H, W in sizes:
         for term in args.terms:
-            row = measure(term, batch, H, W, args.repeats, args.device, args.shapes, extra, args.threads)
+            row = measure(term, batch, H, W, args.repeats, args.device, args.shapes, extra, args.threads,
+                          args.chunk_elements)
             rows.append(row)
             if "error" in row:
                 print(f"{term:24} {H}x{W:<5} {row['error']}")

@@ -188,3 +188,20 @@ def test_relations_synthetic_shapes_take_the_benchmarks_term_sizes(tmp_path, cap
     row, = json.loads(out.read_text())
     assert (row["B"], row["H"], row["W"]) == (16, 16, 16) and row["state_mb"] < 1  # D of width 8: ≈ 0.2 MB
     assert "batch 16, K 7, C_s 16, C_t 32" in capsys.readouterr().out
+
+
+def test_relations_chunk_elements_reach_the_measuring_process(tmp_path):
+    from bench import relations
+
+    peaks = {}
+    for chunk in (1 << 24, 1 << 18):  # B·N = 4 096: one block of 4 096² similarities, or 64 blocks of 64 rows
+        out = tmp_path / f"rows{chunk}.json"
+        argv = ["--shapes", "synthetic", "--terms", "minibatch_pixel", "--repeats", "0", "--threads", "1",
+                "--chunk-elements", str(chunk), "--json", str(out)]
+        assert relations.main(argv) == 0
+        row, = json.loads(out.read_text())
+        peaks[chunk] = row["peak_mb"]
+    # one block holds 64 MiB of float32 similarities per network; blocks of 2^18 hold 1 MiB
+    assert peaks[1 << 24] > peaks[1 << 18] + 64, peaks
+    with pytest.raises(SystemExit):
+        relations.main(["--chunk-elements", "0"])
