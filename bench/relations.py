@@ -80,8 +80,8 @@ def _measure(term: str, shapes: str, sizes: dict, B: int, H: int, W: int, repeat
         torch.set_num_threads(threads)  # a spawned process starts with torch's default
     torch.manual_seed(0)
     dev = torch.device(device)
-    if chunk_elements:
-        cross_image.CHUNK_ELEMENTS["cpu" if dev.type == "cpu" else "cuda"] = chunk_elements
+    if chunk_elements:  # every device's block: cross_image picks the key
+        cross_image.CHUNK_ELEMENTS.update(dict.fromkeys(cross_image.CHUNK_ELEMENTS, chunk_elements))
     K, C_S, C_T = (SHAPES[shapes][k] for k in ("K", "C_s", "C_t"))
     options = {"lambda_kd": 0.0, **TERMS[term], **sizes}
     loss = build_loss("kd", num_classes=K, student_channels=C_S, teacher_channels=C_T, **options).to(dev)
