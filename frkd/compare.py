@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-ckpt", default=None, help="use this teacher instead of training one")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    p.add_argument("--pretext-seed", type=int, default=0,
+                   help="the draw of the pretext backbones that the teacher and every student start from (shipped: "
+                        "0, the headline draw, and 1, 2; docs/method.md 'Backbone draws')")
     return p
 
 
@@ -158,7 +161,8 @@ def run_in_child(job: dict) -> dict | None:
 
 def benchmark_record(args, teacher_ckpt: str | None) -> dict:
     """What the results of one out dir share: the resolved benchmark (data, models, schedule) and mode."""
-    config = benchmark.run_config(Row("none", "none"), seed=0, out_dir=".", quick=args.quick).to_dict()
+    config = benchmark.run_config(Row("none", "none"), seed=0, out_dir=".", quick=args.quick,
+                                  pretext_seed=args.pretext_seed).to_dict()
     shared = {k: v for section in ("data", "model", "optim") for k, v in config[section].items()}
     return {**shared, "tune": args.tune, "teacher_ckpt": teacher_ckpt}
 
@@ -186,7 +190,7 @@ def obtain_teacher(args, out_dir: str, device: str) -> dict:
     from .run_log import MetricsLog
 
     run = prepare(benchmark.teacher_config(out_dir=out_dir, quick=args.quick, device=device, threads=args.threads,
-                                           teacher_ckpt=args.teacher_ckpt))
+                                           teacher_ckpt=args.teacher_ckpt, pretext_seed=args.pretext_seed))
     env = init_distributed(run.runtime.device)
     train_set, val_set = build_datasets(run)
     teacher = load_given_teacher(run) or train_teacher(run, env, train_set, val_set, MetricsLog(out_dir))
@@ -204,7 +208,8 @@ def write_report(args, out_dir: str, rows: list[Row], teacher: dict) -> str:
     from .compare_report import gains_chart, read_results, table_markdown, tuning_markdown, tuning_choice
 
     results = [r for r in read_results(os.path.join(out_dir, "results.jsonl")) if r["row"] in {x.name for x in rows}]
-    bench = benchmark.run_config(Row("none", "none"), seed=0, out_dir=".", quick=args.quick)
+    bench = benchmark.run_config(Row("none", "none"), seed=0, out_dir=".", quick=args.quick,
+                                 pretext_seed=args.pretext_seed)
     if args.tune:
         choice = tuning_choice(results, rows)
         with open(os.path.join(out_dir, "tuned.json"), "w") as f:
@@ -256,6 +261,8 @@ def compare(args, out_dir: str) -> int:
         raise ConfigError(f"--seeds: tuning must not use the table's seeds {list(TABLE_SEEDS)}, got {seeds}")
     if args.jobs < 1:
         raise ConfigError(f"--jobs: expected an integer >= 1, got {args.jobs}")
+    if args.pretext_seed < 0:
+        raise ConfigError(f"--pretext-seed: expected an integer >= 0, got {args.pretext_seed}")
     if args.teacher_ckpt and not os.path.isfile(args.teacher_ckpt):
         raise ConfigError(f"--teacher-ckpt {args.teacher_ckpt}: expected a readable file, found no such file")
     check_device(args.device)
@@ -268,7 +275,7 @@ def compare(args, out_dir: str) -> int:
     # every row's config must be valid before any work
     for row in rows:
         benchmark.run_config(row, seed=seeds[0], out_dir=os.path.join(out_dir, "runs", "check"), quick=args.quick,
-                             device=device, threads=args.threads)
+                             device=device, threads=args.threads, pretext_seed=args.pretext_seed)
     print(f"frkd.compare: {len(rows)} rows × seeds {seeds} on {device}, {args.jobs} at once; out {out_dir}", flush=True)
     teacher = obtain_teacher(args, out_dir, device)
     print(f"teacher {teacher['name']}: mIoU {100 * teacher['miou']:.2f} ({teacher['path']})", flush=True)
@@ -280,7 +287,8 @@ def compare(args, out_dir: str) -> int:
     def one(row: Row, seed: int) -> None:
         run_dir = os.path.join(out_dir, "runs", f"{row.name}-s{seed}")
         config = benchmark.run_config(row, seed=seed, out_dir=run_dir, quick=args.quick, device=device,
-                                      threads=args.threads, teacher_ckpt=None if row.method == "none" else teacher["path"])
+                                      threads=args.threads, teacher_ckpt=None if row.method == "none" else teacher["path"],
+                                      pretext_seed=args.pretext_seed)
         record = run_in_child({"config": config.to_dict(), "run_dir": run_dir, "threads": args.threads})
         with lock:
             if record is None:

@@ -24,7 +24,7 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join
 # Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md "Synthetic benchmark": 7 classes
 # of colour pairs × solid/holed objects at 128×128, a width-8 DeepLabV3-ResNet-50 teacher, a width-8
 # PSPNet-ResNet-18 student whose pretrained backbone is frozen up to layer3 (layer4 trains) and whose heads
-# learn at 10× the LR, both from the pretext-pretrained backbones of frkd.data.pretext; fixed images,
+# learn at 10× the LR, both from the pretext-pretrained backbones shipped by frkd.pretext; fixed images,
 # data seed 0; batch 16 at LR 0.02 as CIRKD's VOC scripts, 300 iterations for each network)
 # on one intra-op thread (its tiny convolutions gain little from threads; on a busy CPU spinning OpenMP
 # threads cost far more than they give).
@@ -83,6 +83,7 @@ class ModelConfig:
     teacher_ckpt: str | None = None              # trained segmentation teacher (CIRKD --teacher-pretrained)
     teacher_pretrained_base: str | None = None   # ImageNet backbone .pth of a teacher trained here
     student_pretrained_base: str | None = None   # ImageNet backbone .pth of the student
+    pretext_seed: int = 0                        # the draw of the synthetic-pretext backbones (frkd.pretext)
     student_frozen_stages: int | None = None     # mmseg frozen_stages of the student backbone (-1: none)
     aux: bool = True                             # auxiliary FCN head and its 0.4·CE
     align_corners: bool | None = None            # logits -> label size in CE and evaluation
@@ -339,6 +340,7 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
                               f"backbone .pth or {NO_PRETRAINED}")
         if value not in (SYNTHETIC_PRETEXT, NO_PRETRAINED):
             _check_file(name, value)
+    _check_number("pretext_seed", m.pretext_seed, low=0)
 
     _check_loss(config)
     _check_number("grad_ratio", config.loss.grad_ratio, kind=float, low=0)

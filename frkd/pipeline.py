@@ -8,6 +8,7 @@ the outputs and the rules for an out dir that already holds a run.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -21,7 +22,7 @@ from .config import (NO_PRETRAINED, RUN_FILES, SYNTHETIC_PRETEXT, ConfigError, D
                      resume_file, validate)
 from .distributed import DistEnv, barrier, init_distributed
 from .engine import Trainer, check_resumable, evaluate_model
-from .run_log import MetricsLog
+from .run_log import MetricsLog, write_json
 
 RESUME_HINT = "; resume from best.pt instead (--resume <out-dir>/best.pt) or start afresh with --overwrite"
 PLOT_FILES = ("miou.png", "losses_teacher.png", "losses_student.png")
@@ -76,16 +77,16 @@ def teacher_model_config(config: RunConfig) -> dict:
                         feature_tap=m.feature_tap)
 
 
-def pretrained_base_path(value: str | None, backbone: str, width: int) -> str | None:
+def pretrained_base_path(value: str | None, backbone: str, width: int, pretext_seed: int = 0) -> str | None:
     """The backbone weights file of a ``--*-pretrained-base`` value: a path, ``synthetic-pretext`` (the
-    synthetic benchmark's pretext backbone for this backbone and width, built once and cached:
-    frkd.data.pretext), or None / ``none`` for random initialisation."""
+    synthetic benchmark's pretext backbone for this backbone, width and draw: shipped, or built once and
+    cached: frkd.pretext), or None / ``none`` for random initialisation."""
     if value in (None, NO_PRETRAINED):
         return None
     if value == SYNTHETIC_PRETEXT:
-        from .data.pretext import pretext_backbone_path
+        from .pretext import pretext_backbone_path
 
-        return pretext_backbone_path(backbone, width)
+        return pretext_backbone_path(backbone, width, seed=pretext_seed)
     return value
 
 
@@ -151,7 +152,19 @@ def load_given_teacher(config: RunConfig) -> LoadedTeacher | None:
     found = {k: (state.get("model_config") or {}).get(k) for k in WEIGHT_KEYS}
     if found != expected:
         raise ConfigError(f"cached teacher {cached}: expected {expected} (the teacher flags), found {found}{hint}")
+    base, found_base = teacher_base(config.to_dict()), teacher_base((state.get("config") or {}))
+    if found_base != base:
+        raise ConfigError(f"cached teacher {cached}: expected one trained from {base} (the teacher flags), found one "
+                          f"trained from {found_base}{hint}")
     return teacher_from_state(state, cached, "cached teacher", config)
+
+
+def teacher_base(recorded_config: dict) -> dict:
+    """The backbone weights a teacher trained here starts from, as a recorded config names them (a config from
+    before ``pretext_seed`` existed used draw 0)."""
+    m = recorded_config.get("model", {})
+    base = m.get("teacher_pretrained_base")
+    return {"teacher_pretrained_base": base, "pretext_seed": m.get("pretext_seed", 0) if base == SYNTHETIC_PRETEXT else None}
 
 
 def train_teacher(config: RunConfig, env: DistEnv, train_set, val_set, log: MetricsLog) -> LoadedTeacher:
@@ -168,7 +181,8 @@ def train_teacher(config: RunConfig, env: DistEnv, train_set, val_set, log: Metr
     # or loaded (teacher.pt, --teacher-ckpt)
     with torch.random.fork_rng(devices=[env.device] if env.device.type == "cuda" else []):
         seed_everything(config.runtime.seed)
-        base = pretrained_base_path(config.model.teacher_pretrained_base, mc["backbone"], mc["width"])
+        base = pretrained_base_path(config.model.teacher_pretrained_base, mc["backbone"], mc["width"],
+                                    config.model.pretext_seed)
         model = build_from_config(mc, base, "--teacher-pretrained-base")
         trainer = Trainer(phase="teacher", model=model, teacher=None, distill=None, train_set=train_set,
                           val_set=val_set, num_classes=mc["num_classes"],
@@ -192,7 +206,8 @@ def build_student(config: RunConfig):
     seed_everything(config.runtime.seed)
     mc = student_model_config(config)
     student = build_from_config(mc, pretrained_base_path(config.model.student_pretrained_base, mc["backbone"],
-                                                         mc["width"]), "--student-pretrained-base")
+                                                         mc["width"], config.model.pretext_seed),
+                                "--student-pretrained-base")
     student.backbone.freeze_stages(config.model.student_frozen_stages)
     return student
 
@@ -239,6 +254,35 @@ def clear_run(out_dir: str) -> None:
 
 
 # ---------------------------------------------------------------- the run
+def provenance(config: RunConfig, teacher: LoadedTeacher | None) -> dict:
+    """What decides the numbers besides the config: the machine and versions (frkd.provenance), the backbone
+    files this run's models start from (for the teacher: the one a teacher trained here starts from) and the
+    teacher's weights, identified by their tensor hashes."""
+    from .provenance import file_state_hash, machine, state_hash
+
+    m = config.model
+    out = {"machine": machine()}
+    for role, value, backbone, width in (("student", m.student_pretrained_base, m.student_backbone, m.width),
+                                         ("teacher", m.teacher_pretrained_base, m.teacher_backbone, m.teacher_width)):
+        path = pretrained_base_path(value, backbone, width, m.pretext_seed)
+        out[f"{role}_backbone"] = {"file": path, "state_hash": file_state_hash(path)} if path else None
+    out["teacher_state_hash"] = state_hash(teacher.model.state_dict()) if teacher is not None else None
+    return out
+
+
+def write_summary(path: str, summary: dict) -> None:
+    """Writes summary.json; the summaries a resumed run wrote before are kept under ``history`` (oldest first),
+    and ``total_wall_time_s`` adds up the wall time of every recorded session."""
+    history = []
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        history = previous.pop("history", []) + [previous]
+    summary = {**summary, "history": history,
+               "total_wall_time_s": summary["wall_time_s"] + sum(h.get("wall_time_s") or 0 for h in history)}
+    write_json(path, summary)
+
+
 def prepare(config: RunConfig, world_size: int | None = None) -> RunConfig:
     """``resolve`` + ``validate``: the config a run uses; raises ConfigError on a user error."""
     return validate(resolve(config), world_size)
@@ -252,7 +296,6 @@ def run(config: RunConfig, env: DistEnv | None = None) -> dict:
     """
     from .metrics import format_metrics
     from .plots import plot_run
-    from .run_log import write_json
 
     started = time.time()
     config = prepare(config, env.world_size if env is not None else None)
@@ -304,10 +347,10 @@ def run(config: RunConfig, env: DistEnv | None = None) -> dict:
         "student_per_class_iou": result["per_class_iou"], "student_best_miou": trainer.best_miou,
         "student": trainer.model_config, "class_names": list(getattr(train_set, "class_names", [])),
         "term_scales": trainer.term_scales, "iterations": trainer.iteration, "wall_time_s": time.time() - started, "world_size": env.world_size,
-        "config": recorded(config),
+        "config": recorded(config), "provenance": provenance(config, teacher),
     }
     if env.is_main:
-        write_json(os.path.join(out_dir, "summary.json"), summary)
+        write_summary(os.path.join(out_dir, "summary.json"), summary)
         plots = plot_run(out_dir)
         print(format_metrics(result, summary["class_names"]))
         if teacher is not None:

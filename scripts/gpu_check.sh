@@ -34,11 +34,8 @@
 # only these of the steps that can run here; the others are skipped as not selected).
 # On the device machine only OUTDIR's first 8 files come back: pack it, e.g.
 #   bash scripts/gpu_check.sh /tmp/gc; tar czf $OUT/gpu_check.tgz --exclude='*.pt' -C /tmp gc; cp /tmp/gc/summary.md $OUT/
-# The main job's pretext backbones are built on one CPU thread (≈ 7 min, docs/method.md): build them
-# here first and carry the cache (`.frkd-cache` is git-ignored; the device tool's `carry`), so that step
-# times the teacher and the student only:
-#   for b in resnet18 resnet50; do FRKD_CACHE=.frkd-cache python -m frkd.data.pretext --backbone $b --width 8; done
-#   (on the device) FRKD_CACHE=$PWD/.frkd-cache bash scripts/gpu_check.sh /tmp/gc
+# The main job's pretext backbones are shipped (frkd/pretext_weights): nothing is built on the device, so
+# that step times the teacher and the student only.
 set -u -o pipefail
 
 if [ $# -ne 1 ] || [ "${1:0:1}" = "-" ]; then

@@ -166,6 +166,34 @@ def test_a_run_stopped_and_resumed_reaches_the_same_weights_bit_exactly(run_dir,
     assert without_timing(records(whole)) == without_timing(records(pieces))
 
 
+def test_resuming_a_finished_run_keeps_what_it_recorded(run_dir, tmp_path):
+    teacher = os.path.join(run_dir[0], "teacher.pt")
+    out_dir = str(tmp_path / "run")
+    common = TINY + ["--teacher-ckpt", teacher, "--out-dir", out_dir]
+    assert run_train(common)[0] == 0
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        first = json.load(f)
+    assert first["history"] == [] and first["total_wall_time_s"] == first["wall_time_s"]
+    assert run_train(common + ["--resume", "auto"])[0] == 0
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        second = json.load(f)
+    assert second["history"] == [{k: v for k, v in first.items() if k != "history"}]
+    assert second["total_wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"])
+    assert second["student_miou"] == first["student_miou"]
+
+
+def test_summary_records_what_decides_the_numbers(run_dir):
+    with open(os.path.join(run_dir[0], "summary.json")) as f:
+        recorded = json.load(f)["provenance"]
+    machine = recorded["machine"]
+    assert machine["cpu"] and machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["torch"] == torch.__version__ and machine["numpy"] and machine["pillow"]
+    # TINY starts from random backbones; the teacher trained in the run is identified by its weights
+    assert recorded["student_backbone"] is None and recorded["teacher_backbone"] is None
+    from frkd.provenance import file_state_hash
+    assert recorded["teacher_state_hash"] == file_state_hash(os.path.join(run_dir[0], "teacher.pt"))
+
+
 def test_non_finite_loss_stops_naming_the_term_and_iteration(tmp_path, monkeypatch):
     original = engine.task_terms
     calls = []

@@ -18,7 +18,7 @@ background; later objects occlude earlier ones (placements avoid heavy overlap).
 - Labels: the class of each pixel, with 255 on a 1-pixel boundary where classes meet.
 ``generate_scene`` also returns per-pixel colour and texture attributes: with scenes of other
 shapes in any colour (``PRETEXT_CLASSES``) they are the pretext task of the benchmark's pretrained
-backbones (``frkd.data.pretext``). ``length`` sets the number of samples (default 1000 for train,
+backbones (``frkd.pretext``). ``length`` sets the number of samples (default 1000 for train,
 100 otherwise); the train, val, test and pretext splits generate different images. The benchmark's
 sizes are the synthetic defaults of ``frkd.config`` (docs/method.md "Synthetic benchmark").
 """
@@ -30,7 +30,7 @@ from PIL import Image
 from .base import SegmentationDataset, as_size
 
 SHAPES = ("disc", "square", "ring", "frame")  # the benchmark's outlines (CLASSES)
-# shapes of the pretext task only (frkd.data.pretext), disjoint from SHAPES: as ImageNet's classes are not VOC's
+# shapes of the pretext task only (frkd.pretext), disjoint from SHAPES: as ImageNet's classes are not VOC's
 PRETEXT_SHAPES = ("ellipse", "semidisc", "bar", "hourglass", "octagon", "holed-ellipse", "holed-octagon")
 TEXTURES = ("flat", "stripes", "checker", "dots")
 # red, blue, yellow, green: saturated, unlike the greyish background
