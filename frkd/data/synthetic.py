@@ -5,7 +5,7 @@ background; later objects occlude earlier ones (placements avoid heavy overlap).
 - Background (class 0): a smooth greyish field (random level, slight tint) plus a faint
   grating at a random angle and pixel noise.
 - Object classes 1..K-1 (``num_classes`` = K, default 7, at most ``MAX_CLASSES``; ``CLASSES``):
-  three colour pairs (red, blue, yellow); within a pair a *solid* object (disc or square) and a
+  three colour pairs (red, blue, green; ``PAIR_COLOURS``); within a pair a *solid* object (disc or square) and a
   *holed* one (ring or frame: the hole shows the background). Colour narrows a pixel's class down
   to its pair at once; telling solid from holed needs the object's outline and its inside, seen
   from wherever the pixel lies on the object: receptive field and capacity, what a larger teacher
@@ -39,8 +39,12 @@ COLOUR_NAMES = ("red", "blue", "yellow", "green")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "pretext": 3}
 DEFAULT_LENGTHS = {"train": 1000}
 # Object classes of the benchmark: three colour pairs; within a pair a solid object (disc or square) and a
-# holed one (ring or frame). Colour narrows a class down to its pair, the hole decides within it.
-CLASSES = tuple((outlines, colour) for colour in range(3)
+# holed one (ring or frame). Colour narrows a class down to its pair, the hole decides within it. The pairs are
+# red, blue and green (OBJECT_COLOURS 0, 1, 3): up to v7 the third pair was yellow, which shares red's high red
+# channel, and whether a draw of the pretext backbones separated red from yellow decided whether the teacher or
+# the student lost those classes (docs/method.md "Backbone draws").
+PAIR_COLOURS = (0, 1, 3)
+CLASSES = tuple((outlines, colour) for colour in PAIR_COLOURS
                 for outlines in (("disc", "square"), ("ring", "frame")))
 PRETEXT_CLASSES = tuple(((shape,), None) for shape in PRETEXT_SHAPES)
 MAX_CLASSES = 1 + len(CLASSES)
