@@ -91,3 +91,28 @@ def paired_difference(a: dict[int, float], b: dict[int, float], confidence: floa
         return PairedDifference(mean, None, None, 1)
     half = student_t_quantile(0.5 + confidence / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return PairedDifference(mean, mean - half, mean + half, len(diffs))
+
+
+def blocked_paired_difference(a: dict[tuple, float], b: dict[tuple, float],
+                              confidence: float = 0.95) -> PairedDifference:
+    """Mean of a[(block, seed)] − b[(block, seed)] over the pairs both hold, the blocks (e.g. backbone draws)
+    weighted equally, with its ``confidence`` t-interval from the within-block spread of the differences
+    (a fixed block effect: d = μ + β_block + ε, the interval for μ, the mean over these blocks, on
+    n − blocks degrees of freedom). Raises ValueError when they share no pair."""
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise ValueError("blocked_paired_difference: the two rows share no (block, seed) pair")
+    by_block: dict = {}
+    for block, seed in keys:
+        by_block.setdefault(block, []).append(a[(block, seed)] - b[(block, seed)])
+    block_means = {block: statistics.fmean(diffs) for block, diffs in by_block.items()}
+    mean = statistics.fmean(block_means.values())
+    n, blocks = len(keys), len(by_block)
+    df = n - blocks
+    if df < 1:
+        return PairedDifference(mean, None, None, n)
+    within = sum((d - block_means[block]) ** 2 for block, diffs in by_block.items() for d in diffs) / df
+    # the variance of the mean of block means: sum over blocks of within / n_block, divided by blocks²
+    se = math.sqrt(sum(within / len(diffs) for diffs in by_block.values())) / blocks
+    half = student_t_quantile(0.5 + confidence / 2, df) * se
+    return PairedDifference(mean, mean - half, mean + half, n)

@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from frkd.stats import paired_difference, student_t_cdf, student_t_quantile
+from frkd.stats import blocked_paired_difference, paired_difference, student_t_cdf, student_t_quantile
 
 # t_{p, df} from standard tables (e.g. NIST/SEMATECH e-Handbook, table 1.3.6.7.2)
 T_TABLE = [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 4, 2.776), (0.975, 10, 2.228), (0.95, 5, 2.015),
@@ -44,3 +44,20 @@ def test_paired_difference_edge_cases():
     assert one.low is None and one.format() == "+1.00"
     with pytest.raises(ValueError, match="share no seed"):
         paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_blocked_paired_difference_weighs_blocks_equally_and_uses_the_within_block_spread():
+    # block 0: differences 1, 3 (mean 2); block 1: 5, 7, 9 (mean 7): mean of block means 4.5
+    a = {(0, 0): 11.0, (0, 1): 13.0, (1, 0): 15.0, (1, 1): 17.0, (1, 2): 19.0, (2, 9): 1.0}
+    b = {(0, 0): 10.0, (0, 1): 10.0, (1, 0): 10.0, (1, 1): 10.0, (1, 2): 10.0}
+    d = blocked_paired_difference(a, b)
+    within = ((1 - 2) ** 2 + (3 - 2) ** 2 + (5 - 7) ** 2 + 0 + (9 - 7) ** 2) / (5 - 2)  # 10/3 on 3 df
+    half = student_t_quantile(0.975, 3) * math.sqrt(within / 2 + within / 3) / 2
+    assert d.n == 5 and d.mean == pytest.approx(4.5)
+    assert (d.low, d.high) == (pytest.approx(4.5 - half), pytest.approx(4.5 + half))
+    # a block shift common to a and b changes nothing: the pairing removes it
+    shifted = blocked_paired_difference({k: v + 100 * k[0] for k, v in a.items()},
+                                        {k: v + 100 * k[0] for k, v in b.items()})
+    assert shifted.mean == pytest.approx(d.mean) and shifted.low == pytest.approx(d.low)
+    with pytest.raises(ValueError, match="share no"):
+        blocked_paired_difference({(0, 0): 1.0}, {(1, 0): 1.0})
