@@ -19,13 +19,13 @@ from frkd.stats import blocked_paired_difference, paired_difference
 
 
 def load_draw(out_dir: str) -> dict:
-    """{"draw", "teacher", "rows": {row: {seed: mIoU %}}, "spread": {row: largest class IoU range}}."""
+    """{"draw", "teacher", "rows": {row: {seed: mIoU %}} (miou_by_seed), "spread": {row: largest class IoU range}}."""
     with open(os.path.join(out_dir, "config.json")) as f:
         draw = json.load(f).get("pretext_seed", 0)
     teacher = torch.load(os.path.join(out_dir, "teacher.pt"), map_location="cpu", weights_only=False)["miou"]
     runs = by_row(read_results(os.path.join(out_dir, "results.jsonl")))
     return {"draw": draw, "teacher": 100 * teacher,
-            "rows": {row: {s: 100 * v for s, v in miou_by_seed(r).items()} for row, r in runs.items()},
+            "rows": {row: miou_by_seed(r) for row, r in runs.items()},
             "spread": {row: class_range(r) for row, r in runs.items()}}
 
 
