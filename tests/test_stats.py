@@ -44,3 +44,13 @@ def test_paired_difference_edge_cases():
     assert one.low is None and one.format() == "+1.00"
     with pytest.raises(ValueError, match="share no seed"):
         paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_mean_interval_is_the_one_sample_t_interval():
+    from frkd.stats import mean_interval
+
+    values = [1.0, 2.5, 2.0, 4.0]
+    half = student_t_quantile(0.975, 3) * statistics.stdev(values) / math.sqrt(4)
+    d = mean_interval(values)
+    assert (d.mean, d.low, d.high, d.n) == pytest.approx((2.375, 2.375 - half, 2.375 + half, 4))
+    assert mean_interval([3.0]) == (3.0, None, None, 1)
