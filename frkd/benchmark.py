@@ -35,8 +35,10 @@ EVAL_POINTS = 6  # evaluations per table run: every max_iterations // 6 iteratio
 TABLE_METHODS = ("none", "kd", "cwd", "ifvd", "fitnet", "cirkd", "frkd")
 # the weights a tuning scale multiplies: the student's distillation terms (not the discriminator's own loss)
 UNSCALED_WEIGHTS = ("lambda_d", "lambda_gp")
-# quick smoke run: the same benchmark with short schedules
-QUICK = dict(max_iterations=20, teacher_iterations=30)
+# quick smoke run: the same benchmark with short schedules and half the val images; the teacher's training-crop
+# error on the first QUICK_ERROR_IMAGES training images
+QUICK = dict(max_iterations=20, teacher_iterations=30, val_length=50)
+QUICK_ERROR_IMAGES = 100
 
 
 @dataclass(frozen=True)

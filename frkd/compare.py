@@ -211,7 +211,8 @@ def check_benchmark(out_dir: str, record: dict) -> None:
 
 
 def training_crop_error(model, config: RunConfig, env) -> float:
-    """1 − pixel accuracy of ``model`` on the training set's crops (the augmentation of epoch 0, clean labels)."""
+    """1 − pixel accuracy of ``model`` on the crops of the config's training set (all ``train_length`` images
+    under the augmentation of epoch 0, clean labels)."""
     from .engine import evaluate_model
     from .pipeline import build_split
 
@@ -242,7 +243,9 @@ def obtain_teacher(args, out_dir: str, device: str) -> dict:
     return {"name": f"{mc['arch']}-{mc['backbone']} (width {mc['width']})", "path": os.path.abspath(path),
             "miou": teacher.miou, "per_class_iou": teacher.per_class_iou, "device": device,
             "iterations": None if args.teacher_ckpt else run.optim.teacher_iterations,
-            "train_error": training_crop_error(model, run, env),
+            "train_error": training_crop_error(
+                model, run.replace(train_length=min(run.data.train_length, benchmark.QUICK_ERROR_IMAGES))
+                if args.quick else run, env),
             "class_names": list(getattr(val_set, "class_names", []))}
 
 

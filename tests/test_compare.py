@@ -120,6 +120,16 @@ def test_tuning_refuses_the_table_seeds(tmp_path):
     assert compare.main(["--tune", "--seeds", "100", "3", "--out-dir", str(tmp_path)]) == 2
 
 
+def test_regimes_refuse_tuning_and_a_given_weak_teacher(tmp_path, capsys):
+    assert compare.main(["--tune", "--regime", "noisy-labels", "--out-dir", str(tmp_path)]) == 2
+    teacher = tmp_path / "t.pt"
+    teacher.write_bytes(b"")
+    assert compare.main(["--regime", "weak-teacher", "--teacher-ckpt", str(teacher), "--out-dir", str(tmp_path)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors[0].startswith("frkd.compare: error: --regime noisy-labels: tuning runs on the main benchmark only")
+    assert errors[1].startswith("frkd.compare: error: --teacher-ckpt: the weak-teacher regime trains its own")
+
+
 def _record(row, seed, miou, classes=(0.9, 0.5), curve=None):
     return {"row": row, "method": row.split("@")[0].replace("-calibrated", "").replace("-per-term", ""), "seed": seed,
             "miou": miou, "per_class_iou": list(classes), "s_per_iter": 0.5, "peak_mem_mb": 10.0,
