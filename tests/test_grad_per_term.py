@@ -20,3 +20,10 @@ def test_each_term_starts_at_rho_or_its_share_of_rho(tmp_path, teacher_file, per
     share = 1 if per_term else len(distill)
     for name, term in distill.items():
         assert scales[name] * feature_grad_norm(term, out.feat) == pytest.approx(ratio / share * task_norm, rel=1e-4)
+
+
+def test_the_flag_sets_the_config_field():
+    from frkd.cli import parse_config
+
+    assert parse_config(["--distill-grad-ratio", "1", "--distill-grad-per-term"])[0].loss.grad_per_term
+    assert not parse_config(["--distill-grad-ratio", "1"])[0].loss.grad_per_term

@@ -63,3 +63,16 @@ def test_noisy_labels_only_erode_dilate_or_swap_with_the_look_alike():
 def test_validation_labels_cannot_be_noisy():
     with pytest.raises(ValueError, match="label_noise"):
         SyntheticSegmentation(None, "val", num_classes=7, crop_size=SIZE, train=False, label_noise=0.1)
+
+
+def test_the_flag_reaches_the_training_set_only(tmp_path):
+    from frkd.cli import parse_config
+    from frkd.config import ConfigError, validate
+    from frkd.pipeline import build_datasets
+
+    config = parse_config(["--label-noise", "0.5", "--out-dir", str(tmp_path)])[0].replace(
+        train_length=8, val_length=4, crop_size=SIZE)
+    train, val = build_datasets(config)
+    assert len(train.noisy) == 4 and val.label_noise == 0 and not val.noisy
+    with pytest.raises(ConfigError, match="^--label-noise: expected a finite number >= 0 and <= 1, got 1.5$"):
+        validate(config.replace(label_noise=1.5))
