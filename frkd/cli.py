@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ignore-label", type=int, default=None,
                    help="label of ignored pixels in CE, losses and evaluation, CIRKD --ignore-label (default: 255; "
                         "the built-in datasets mark ignored pixels 255)")
+    g.add_argument("--label-noise", type=float, default=None, metavar="FRACTION",
+                   help="synthetic: this fraction of the training label maps made noisy (boundaries eroded or "
+                        "dilated, objects swapped with their look-alike class), from the data seed; validation "
+                        "labels stay clean (default: 0)")
     g = p.add_argument_group("models")
     g.add_argument("--student-model", default=None, choices=MODELS, help=f"CIRKD --student-model ({d('student_model')})")
     g.add_argument("--student-backbone", default=None, choices=BACKBONES,
@@ -97,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale each distillation term once, on the first batch, so that its gradient on the student "
                         "feature is RHO/n times the task loss's (n terms); 0 = off; no CIRKD counterpart (default: "
                         "synthetic frkd: the tuned ratio, otherwise off)")
+    g.add_argument("--distill-grad-per-term", dest="grad_per_term", action="store_true", default=None,
+                   help="with --distill-grad-ratio: each term's gradient starts at RHO times the task loss's (a RHO "
+                        "per term), not RHO/n (default: off)")
     g.add_argument("--distill-warmup", dest="warmup_iters", type=int, default=None, metavar="N",
                    help="ramp the distillation terms linearly from 1/N to 1 over the first N iterations (default: 0, off)")
     g = p.add_argument_group("optimisation")

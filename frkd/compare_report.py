@@ -1,8 +1,11 @@
 """Per-run results of ``python -m frkd.compare`` (JSON lines) -> tables (markdown), tuning choice, chart.
 
 A result record is one (row, seed) run: ``{"row", "method", "options", "seed", "miou", "per_class_iou",
-"weights", "grad_ratio", "term_scales", "s_per_iter", "peak_mem_mb", "peak_mem_kind", ...}`` with mIoU
-and IoU as fractions in [0, 1]. Rows are compared pairwise over their shared seeds (``frkd.stats``).
+"curve", "iterations", "weights", "grad_ratio", "term_scales", "s_per_iter", "peak_mem_mb", "peak_mem_kind",
+...}`` with mIoU and IoU as fractions in [0, 1]; ``curve`` is [[iteration, mIoU], ...] of the run's
+evaluations, the last one the final. Rows are compared pairwise over their shared seeds (``frkd.stats``),
+also in convergence: the mIoU at the evaluation nearest one third of training, and the iterations a row
+takes to reach ``none``'s final mIoU of the same seed.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .run_log import read_records  # noqa: E402
-from .stats import paired_difference  # noqa: E402
+from .stats import mean_interval, paired_difference  # noqa: E402
 
 PEAK_MEM_KINDS = {"cuda_max_allocated": "torch.cuda.max_memory_allocated",
                   "cpu_rss_delta": "peak RSS minus RSS before training (CPU)"}
@@ -57,6 +60,70 @@ def class_range(runs: dict[int, dict]) -> float | None:
     return max(100 * (max(values) - min(values)) for values in per_class)
 
 
+def curve_of(record: dict) -> dict[int, float]:
+    """{iteration: mIoU %} of a run's evaluations ({} for a record without a curve)."""
+    return {int(it): 100 * miou for it, miou in record.get("curve") or []}
+
+
+def third_iteration(results: list[dict]) -> int | None:
+    """The evaluation iteration nearest one third of training, shared by every run with a curve; None if none is."""
+    curves = [curve_of(r) for r in results if r.get("curve")]
+    if not curves:
+        return None
+    shared = set.intersection(*(set(c) for c in curves))
+    third = max(r["iterations"] for r in results if r.get("curve")) / 3
+    return min(sorted(shared), key=lambda it: abs(it - third)) if shared else None
+
+
+def miou_at(runs: dict[int, dict], iteration: int) -> dict[int, float]:
+    """{seed: mIoU % at ``iteration``} over the runs evaluated there."""
+    return {seed: curve_of(r)[iteration] for seed, r in runs.items() if iteration in curve_of(r)}
+
+
+def iterations_to_reach(record: dict, target: float) -> int | None:
+    """The first evaluation iteration whose mIoU % is at least ``target``; None when never reached."""
+    return next((it for it, miou in sorted(curve_of(record).items()) if miou >= target), None)
+
+
+def reach_by_seed(runs: dict[int, dict], none: dict[int, float]) -> tuple[dict[int, int], list[int]]:
+    """({seed: iterations to reach none's final mIoU of that seed}, [seeds where it is not reached])."""
+    reached, missed = {}, []
+    for seed in sorted(set(runs) & set(none)):
+        if not runs[seed].get("curve"):
+            continue
+        it = iterations_to_reach(runs[seed], none[seed])
+        if it is None:
+            missed.append(seed)
+        else:
+            reached[seed] = it
+    return reached, missed
+
+
+def convergence_cells(row_name: str, runs: dict[str, dict[int, dict]], third: int | None) -> tuple[str, str]:
+    """The two convergence cells of a row: mIoU at ``third`` and iterations to reach none's final mIoU, each
+    the row's mean; paired difference to ``none`` [95% CI] ("not reached" on the seeds where it is not)."""
+    if third is None or "none" not in runs:
+        return "n/a", "n/a"
+    none_final = miou_by_seed(runs["none"])
+    mine = miou_at(runs[row_name], third)
+    reached, missed = reach_by_seed(runs[row_name], none_final)
+    at_third = _fmt(statistics.fmean(mine.values()) if mine else None, ".2f")
+    if row_name == "none":
+        return at_third, _fmt(statistics.fmean(reached.values()) if reached else None, ".0f")
+    none_third = miou_at(runs["none"], third)
+    if mine and set(mine) & set(none_third):
+        at_third += "; " + paired_difference(mine, none_third).format()
+    none_reached, _ = reach_by_seed(runs["none"], none_final)
+    if not reached:
+        return at_third, "not reached" if missed else "n/a"
+    reach = f"{statistics.fmean(reached.values()):.0f}"
+    if set(reached) & set(none_reached):
+        reach += "; " + paired_difference(reached, none_reached).format("+.0f")
+    if missed:
+        reach += f" (not reached: seed{'s' if len(missed) > 1 else ''} {', '.join(map(str, missed))})"
+    return at_third, reach
+
+
 def _fmt(value, spec: str, missing: str = "n/a") -> str:
     return missing if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
@@ -65,13 +132,22 @@ def _header(teacher: dict, bench, seeds: list[int], none_mean: float | None, fla
     """The table's preamble; ``flags`` names the columns that give one run's ``frkd.train`` flags."""
     d, m, o = bench.data, bench.model, bench.optim
     gap = 100 * teacher["miou"] - none_mean if none_mean is not None else None
-    return [f"Teacher {teacher['name']}: mIoU {100 * teacher['miou']:.2f} on the fixed val set. Student "
-            f"{m.student_model}-{m.student_backbone} (width {m.width}), {o.max_iterations} iterations per run, "
-            f"batch {o.batch_size}, {d.num_classes} classes, {d.crop_size[0]}×{d.crop_size[1]} crops, device "
-            f"{teacher['device']}, seeds {', '.join(map(str, seeds))} (shared by every row). Teacher − none gap: "
-            f"{_fmt(gap, '.2f')} mIoU. One run of a row: `python -m frkd.train {flags} --seed <seed>"
-            f" --max-iterations {o.max_iterations} --teacher-ckpt {teacher['path']}` (its `summary.json`, "
-            "`student_miou`).", ""]
+    trained = f", {teacher['iterations']} iterations" if teacher.get("iterations") else ""
+    error = (f", pixel error rate {100 * teacher['train_error']:.2f}% on the training crops (epoch 0's augmentation, "
+             "clean labels)") if teacher.get("train_error") is not None else ""
+    noise = f" --label-noise {d.label_noise:g}" if d.label_noise else ""
+    lines = [f"Teacher {teacher['name']}{trained}: mIoU {100 * teacher['miou']:.2f} on the fixed val set{error}. "
+             f"Student {m.student_model}-{m.student_backbone} (width {m.width}), {o.max_iterations} iterations per "
+             f"run, batch {o.batch_size}, {d.num_classes} classes, {d.crop_size[0]}×{d.crop_size[1]} crops, device "
+             f"{teacher['device']}, seeds {', '.join(map(str, seeds))} (shared by every row). Teacher − none gap: "
+             f"{_fmt(gap, '.2f')} mIoU. One run of a row: `python -m frkd.train {flags} --seed <seed>"
+             f" --max-iterations {o.max_iterations}{noise} --teacher-ckpt {teacher['path']}` (its `summary.json`, "
+             "`student_miou`)."]
+    if teacher.get("regime"):
+        lines.append(teacher["regime"])
+    if teacher.get("command"):
+        lines.append(f"This table (rerun to resume): `{teacher['command']}`.")
+    return [" ".join(lines), ""]
 
 
 def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
@@ -83,9 +159,11 @@ def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
     none = miou_by_seed(runs["none"]) if "none" in runs else None
     frkd = miou_by_seed(runs["frkd"]) if "frkd" in runs else None
     lines = _header(teacher, bench, seeds, statistics.fmean(none.values()) if none else None, "<flags>")
-    lines += ["| row | flags (over the synthetic defaults) | mIoU % mean ± std | gain over none [95% CI] | "
-              "frkd − row [95% CI] | max class IoU spread | s / iter | peak mem (MB) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    third = third_iteration([r for row in present for r in runs[row.name].values()])
+    lines += [f"| row | flags (over the synthetic defaults) | mIoU % mean ± std | gain over none [95% CI] | "
+              f"frkd − row [95% CI] | mIoU at iteration {_fmt(third, 'd')}; − none [95% CI] | iterations to none's "
+              "final mIoU; − none [95% CI] | max class IoU spread | s / iter | peak mem (MB) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     per_seed = []
     for row in present:
         mine = miou_by_seed(runs[row.name])
@@ -97,12 +175,17 @@ def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
         mems = [r["peak_mem_mb"] for r in records if r.get("peak_mem_mb") is not None]
         described = row.describe()
         flags = f"--method {row.method}" + ("" if described == "—" else f" {described}")
+        at_third, reach = convergence_cells(row.name, runs, third)
         lines.append(f"| {row.name} | {flags} | {statistics.fmean(values):.2f}{spread} | {gain} | {versus} | "
-                     f"{_fmt(class_range(runs[row.name]), '.1f')} | "
+                     f"{at_third} | {reach} | {_fmt(class_range(runs[row.name]), '.1f')} | "
                      f"{statistics.fmean(r['s_per_iter'] for r in records):.3f} | {_fmt(max(mems) if mems else None, '.0f')} |")
         per_seed.append(f"{row.name} " + ", ".join(f"{v:.2f}" for v in values))
     kind = next((r.get("peak_mem_kind") for r in results if r.get("peak_mem_kind")), None)
     lines += ["", "Intervals: mean of the per-seed differences ± t(0.975, n−1)·sd/√n over the shared seeds. "
+              f"Convergence: each run is evaluated at fixed iterations (the last its final evaluation); mIoU at "
+              f"iteration {_fmt(third, 'd')} (the evaluation nearest one third of training), and the first evaluated "
+              "iteration at which a run reaches the final mIoU of `none` on the same seed (`none`: its own final; "
+              "paired over the seeds where both reach it, the others listed as not reached). "
               f"Max class IoU spread: the largest max − min over seeds of one class's IoU (points; > "
               f"{UNSTABLE_CLASS_RANGE:g} marks a row whose classes are learnt on some seeds only). Peak memory: "
               f"{PEAK_MEM_KINDS.get(kind, 'n/a')}.", "", "Per-seed mIoU (seeds " + ", ".join(map(str, seeds)) +
@@ -112,8 +195,8 @@ def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
 
 def tuning_choice(results: list[dict], rows) -> dict:
     """Per method, the tuning row with the best mean mIoU over the seeds every candidate finished:
-    {method: {"row", "mean", "options", "grad_ratio"}}; for a method tuned with and without
-    calibration also ``<method>-uncalibrated`` and ``<method>-calibrated`` (the best row of each variant)."""
+    {method: {"row", "mean", "options", "grad_ratio", "per_term", "knob", "seeds", "by_knob"}}, ``knob`` the
+    chosen row's tuning knob (``frkd.benchmark.KNOBS``) and ``by_knob`` the best row and mean of each knob."""
     runs = by_row(results)
     candidates: dict[str, list] = {}
     for row in rows:
@@ -127,30 +210,29 @@ def tuning_choice(results: list[dict], rows) -> dict:
         seeds = set.intersection(*(set(f) for f in finished))
         if not seeds:
             continue
-
-        def best(pool):
-            scored = [(statistics.fmean(100 * runs[row.name][s]["miou"] for s in seeds), row) for row in pool]
-            mean, row = max(scored, key=lambda x: x[0])
-            return {"row": row.name, "mean": mean, "options": row.options, "grad_ratio": row.grad_ratio,
-                    "seeds": sorted(seeds)}
-
-        choice[method] = best(cands)
-        plain = [row for row in cands if not row.grad_ratio]
-        calibrated = [row for row in cands if row.grad_ratio]
-        if plain and calibrated:
-            choice[f"{method}-uncalibrated"], choice[f"{method}-calibrated"] = best(plain), best(calibrated)
+        scored = [(statistics.fmean(100 * runs[row.name][s]["miou"] for s in seeds), row) for row in cands]
+        by_knob = {}
+        for mean, row in scored:
+            if row.knob not in by_knob or mean > by_knob[row.knob]["mean"]:
+                by_knob[row.knob] = {"row": row.name, "mean": mean}
+        mean, row = max(scored, key=lambda x: x[0])
+        choice[method] = {"row": row.name, "mean": mean, "options": row.options, "grad_ratio": row.grad_ratio,
+                          "per_term": row.per_term, "knob": row.knob, "seeds": sorted(seeds), "by_knob": by_knob}
     return choice
 
 
 def tuning_markdown(results: list[dict], rows, choice: dict, teacher: dict, bench) -> str:
-    """Mean mIoU (± std) of every tuning row, the chosen one per method in bold, none for reference."""
+    """Mean mIoU (± std) of every tuning row with its knob, the chosen one per method in bold, none for
+    reference; then per method the chosen setting, its knob, and the best of every knob."""
+    from .benchmark import KNOBS
+
     runs = by_row(results)
     seeds = sorted({s for r in runs.values() for s in r})
     none = runs.get("none")
     lines = _header(teacher, bench, seeds, statistics.fmean(miou_by_seed(none).values()) if none else None,
                     "--method <method> <weights>")
-    lines += ["| row | method | weights / gradient ratio | mIoU % mean ± std | seeds | per seed |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["| row | method | knob | weights / gradient ratio | mIoU % mean ± std | seeds | per seed |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     chosen = {c["row"] for c in choice.values()}
     for row in rows:
         if row.name not in runs:
@@ -158,10 +240,13 @@ def tuning_markdown(results: list[dict], rows, choice: dict, teacher: dict, benc
         values = [100 * runs[row.name][s]["miou"] for s in sorted(runs[row.name])]
         spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
         name = f"**{row.name}**" if row.name in chosen else row.name
-        lines.append(f"| {name} | {row.method} | {row.describe()} | {statistics.fmean(values):.2f}{spread} | "
+        knob = "—" if row.name == "none" else row.knob
+        lines.append(f"| {name} | {row.method} | {knob} | {row.describe()} | {statistics.fmean(values):.2f}{spread} | "
                      f"{','.join(map(str, sorted(runs[row.name])))} | {', '.join(f'{v:.2f}' for v in values)} |")
-    lines += ["", "Chosen (best mean over the tuning seeds; bold above): " +
-              "; ".join(f"{m}: {c['row']} ({c['mean']:.2f})" for m, c in choice.items()) + "."]
+    lines += ["", "Knobs: " + "; ".join(f"{k}: {v}" for k, v in KNOBS.items()) + ".", "",
+              "Chosen (best mean over the tuning seeds; bold above), with the best of each knob:"]
+    lines += [f"- {m}: {c['row']} ({c['mean']:.2f}), knob {c['knob']}; " +
+              ", ".join(f"{k} {b['row']} {b['mean']:.2f}" for k, b in c["by_knob"].items()) for m, c in choice.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -193,3 +278,34 @@ def gains_chart(results: list[dict], rows, teacher: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def curves_chart(results: list[dict], rows, teacher: dict, path: str) -> bool:
+    """Mean validation mIoU over the seeds at each evaluated iteration, per row, with its 95% t-interval as a
+    band; FRKD's ablations dashed, the teacher dotted. False when no run has a curve."""
+    runs = by_row(results)
+    shown = [row for row in rows if any(r.get("curve") for r in runs.get(row.name, {}).values())]
+    if not shown:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, row in enumerate(shown):
+        curves = [curve_of(r) for r in runs[row.name].values() if r.get("curve")]
+        iterations = sorted(set.intersection(*(set(c) for c in curves)))
+        stats = [mean_interval([c[it] for c in curves]) for it in iterations]
+        main = row.name == row.method
+        line, = ax.plot(iterations, [d.mean for d in stats], color=f"C{i % 10}", ls="-" if main else "--",
+                        lw=1.8 if row.name in ("none", "frkd") else 1.1, marker="o" if main else None, ms=3,
+                        label=f"{row.name} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(iterations, [d.low for d in stats], [d.high for d in stats], color=line.get_color(),
+                            alpha=0.12, lw=0)
+    ax.axhline(100 * teacher["miou"], color="0.3", ls=":", lw=1, label=f"teacher {100 * teacher['miou']:.1f}")
+    ax.set_xlabel("student iteration")
+    ax.set_ylabel("val mIoU (%)")
+    ax.set_title("mean over seeds; bands: 95% t-interval of the mean", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

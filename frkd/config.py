@@ -71,6 +71,7 @@ class DataConfig:
     train_length: int | None = None              # synthetic: samples per split (None: the dataset's default)
     val_length: int | None = None
     data_seed: int | None = None                 # seed of the datasets (None: runtime seed)
+    label_noise: float = 0.0                     # synthetic: fraction of noisy training label maps (val stays clean)
 
 
 @dataclass
@@ -97,6 +98,7 @@ class LossConfig:
     options: dict = field(default_factory=dict)  # the loss options set by the user (unset: recipe defaults)
     grad_ratio: float | None = None              # calibrate the terms' gradients to this ratio of CE's (0: off;
                                                  # None: the dataset's default for the method)
+    grad_per_term: bool = False                  # calibrate each term to grad_ratio (not grad_ratio / n terms)
     warmup_iters: int = 0                        # linear warm-up of the distillation terms (0: none)
 
 
@@ -206,7 +208,7 @@ def resolve(config: RunConfig) -> RunConfig:
 def flag(name: str) -> str:
     """The CLI flag of a config field."""
     return {"root": "--data", "teacher_ckpt": "--teacher-pretrained", "grad_ratio": "--distill-grad-ratio",
-            "warmup_iters": "--distill-warmup"}.get(
+            "grad_per_term": "--distill-grad-per-term", "warmup_iters": "--distill-warmup"}.get(
         name, "--" + name.replace("_", "-"))
 
 
@@ -322,6 +324,9 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
     for name in ("train_length", "val_length"):
         _check_number(name, getattr(d, name), low=1, allow_none=True)
     _check_number("data_seed", d.data_seed, low=0, allow_none=True)
+    _check_number("label_noise", d.label_noise, kind=float, low=0, high=1)
+    if d.label_noise and d.dataset != "synthetic":
+        raise ConfigError(f"--label-noise: applies to --dataset synthetic only, got {d.label_noise:g} for {d.dataset}")
 
     for prefix in ("student", "teacher"):
         _check_choice(f"{prefix}_model", getattr(m, f"{prefix}_model"), MODELS)
@@ -330,7 +335,8 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
     _check_number("teacher_width", m.teacher_width, low=1)
     _check_number("student_frozen_stages", m.student_frozen_stages, low=-1, high=4)
     _check_choice("feature_tap", m.feature_tap, FEATURE_TAPS)
-    for name, value in (("aux", m.aux), ("align_corners", m.align_corners), ("overwrite", r.overwrite)):
+    for name, value in (("aux", m.aux), ("align_corners", m.align_corners), ("overwrite", r.overwrite),
+                        ("grad_per_term", config.loss.grad_per_term)):
         if not isinstance(value, bool):
             raise ConfigError(f"{flag(name)}: expected true or false, got {value!r}")
     _check_file("teacher_ckpt", m.teacher_ckpt)

@@ -297,7 +297,8 @@ class Trainer:
 
     def _calibrate(self, task: dict[str, torch.Tensor], distill: dict[str, torch.Tensor], out) -> dict[str, float]:
         """Scales s_t such that each distillation term's gradient on the student feature, ‖∂(s_t·L_t)/∂F_S‖,
-        is grad_ratio / n times the task loss's (n: terms with a gradient), on this first batch; norms are
+        is grad_ratio / n times the task loss's (n: terms with a gradient; 1 with --distill-grad-per-term),
+        on this first batch; norms are
         averaged over ranks. Terms without a gradient on F_S (e.g. a zero weight) keep scale 1."""
         norms = {}
         for name, term in {"task": sum(task.values()), **distill}.items():
@@ -306,10 +307,11 @@ class Trainer:
             norms[name] = grad.float().norm() if grad is not None else torch.zeros((), device=out.feat.device)
         norms = all_reduce_mean(norms)
         live = [name for name in distill if norms[name] > 0]
-        target = self.config.loss.grad_ratio * norms["task"] / max(1, len(live))
+        share = 1 if self.config.loss.grad_per_term else max(1, len(live))  # a ρ per term, or ρ shared by n
+        target = self.config.loss.grad_ratio * norms["task"] / share
         scales = {name: (target / norms[name] if name in live else 1.0) for name in distill}
         self.log.write({"phase": self.phase, "iteration": self.iteration, "calibration": {
-            "grad_ratio": self.config.loss.grad_ratio, "task_grad_norm": norms["task"],
+            "grad_ratio": self.config.loss.grad_ratio, "per_term": self.config.loss.grad_per_term, "task_grad_norm": norms["task"],
             "term_grad_norms": {n: norms[n] for n in distill}, "term_scales": scales}})
         return scales
 

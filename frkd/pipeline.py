@@ -39,6 +39,8 @@ def build_split(data: DataConfig, split: str, train: bool, seed: int):
     from .data import build_dataset
 
     kw = {"num_classes": data.num_classes} if data.dataset == "synthetic" else {}
+    if train and data.label_noise:
+        kw["label_noise"] = data.label_noise
     length = data.train_length if train else data.val_length
     if length is not None:
         kw["length"] = length

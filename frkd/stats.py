@@ -85,12 +85,18 @@ def paired_difference(a: dict[int, float], b: dict[int, float], confidence: floa
     seeds = sorted(set(a) & set(b))
     if not seeds:
         raise ValueError("paired_difference: the two rows share no seed")
-    diffs = [a[s] - b[s] for s in seeds]
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
+    return mean_interval([a[s] - b[s] for s in seeds], confidence)
+
+
+def mean_interval(values: list[float], confidence: float = 0.95) -> PairedDifference:
+    """Mean of ``values`` with its ``confidence`` t-interval (None bounds with one value)."""
+    if not values:
+        raise ValueError("mean_interval: no values")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
         return PairedDifference(mean, None, None, 1)
-    half = student_t_quantile(0.5 + confidence / 2, len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return PairedDifference(mean, mean - half, mean + half, len(diffs))
+    half = student_t_quantile(0.5 + confidence / 2, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return PairedDifference(mean, mean - half, mean + half, len(values))
 
 
 def blocked_paired_difference(a: dict[tuple, float], b: dict[tuple, float],

@@ -61,3 +61,13 @@ def test_blocked_paired_difference_weighs_blocks_equally_and_uses_the_within_blo
     assert shifted.mean == pytest.approx(d.mean) and shifted.low == pytest.approx(d.low)
     with pytest.raises(ValueError, match="share no"):
         blocked_paired_difference({(0, 0): 1.0}, {(1, 0): 1.0})
+
+
+def test_mean_interval_is_the_one_sample_t_interval():
+    from frkd.stats import mean_interval
+
+    values = [1.0, 2.5, 2.0, 4.0]
+    half = student_t_quantile(0.975, 3) * statistics.stdev(values) / math.sqrt(4)
+    d = mean_interval(values)
+    assert (d.mean, d.low, d.high, d.n) == pytest.approx((2.375, 2.375 - half, 2.375 + half, 4))
+    assert mean_interval([3.0]) == (3.0, None, None, 1)

@@ -16,6 +16,10 @@ background; later objects occlude earlier ones (placements avoid heavy overlap).
   share). Shapes are mirror-symmetric, so h-flips keep classes.
 - Per image: brightness/contrast jitter and Gaussian pixel noise.
 - Labels: the class of each pixel, with 255 on a 1-pixel boundary where classes meet.
+- Noisy labels (``label_noise``, train split only): a fixed fraction of the label maps, chosen and
+  altered from the data seed alone (``noisy_label``): every object's boundary eroded or dilated by
+  1–3 px, and each object class swapped with probability ½ with its look-alike (the other class
+  of its colour pair). The images and the clean maps are unchanged.
 ``generate_scene`` also returns per-pixel colour and texture attributes: with scenes of other
 shapes in any colour (``PRETEXT_CLASSES``) they are the pretext task of the benchmark's pretrained
 backbones (``frkd.pretext``). ``length`` sets the number of samples (default 1000 for train,
@@ -53,6 +57,9 @@ OBJECT_COUNTS = (1, 2, 3)
 OBJECT_COUNT_PROBABILITIES = (0.3, 0.45, 0.25)
 IGNORE = 255
 SCENE_CACHE_BYTES = 256 * 2**20  # generated images (H×W×3) and labels (H×W) kept per dataset
+NOISE_STREAM = 1  # the seed key of the label noise, apart from the scenes' own generators
+NOISE_RADII = (1, 2, 3)  # px of erosion or dilation of a noisy map's object boundaries
+SWAP_PROBABILITY = 0.5  # of each object class of a noisy map becoming its look-alike
 
 class Scene(NamedTuple):
     """One generated scene: uint8 H×W×3 image and three uint8 H×W maps (255 on class boundaries).
@@ -189,11 +196,66 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_CODES[split], index])
 
 
+def look_alike(k: int) -> int:
+    """The other class of object class ``k``'s colour pair (solid <-> holed; CLASSES order)."""
+    return k + 1 if k % 2 else k - 1
+
+
+def _window_extreme(values: np.ndarray, radius: int, reduce) -> np.ndarray:
+    """``reduce`` (np.max or np.min) over each pixel's (2·radius+1)² window, edges repeated."""
+    padded = np.pad(values, radius, mode="edge")
+    return reduce(np.lib.stride_tricks.sliding_window_view(padded, (2 * radius + 1,) * 2), axis=(-2, -1))
+
+
+def noisy_label(label: np.ndarray, rng: np.random.Generator, num_classes: int) -> np.ndarray:
+    """A noisy copy of a clean H×W label map: every object eroded (its pixels within r of another
+    label become background) or dilated (background within r of an object takes its class), r in
+    NOISE_RADII, then each object class present swapped with probability SWAP_PROBABILITY with its
+    look-alike (when that class exists); ignore pixels stay ignored."""
+    noisy = label.copy()
+    radius = int(rng.choice(NOISE_RADII))
+    objects = (label > 0) & (label != IGNORE)
+    if rng.random() < 0.5:
+        labelled = label.astype(np.int16)
+        same = (_window_extreme(labelled, radius, np.max) == labelled) & (_window_extreme(labelled, radius, np.min) == labelled)
+        noisy[objects & ~same] = 0
+    else:
+        grown = _window_extreme(np.where(objects, label, 0), radius, np.max)
+        into = (label == 0) & (grown > 0)
+        noisy[into] = grown[into]
+    swapped = noisy.copy()
+    for k in np.unique(label[objects]):
+        partner = look_alike(int(k))
+        if rng.random() < SWAP_PROBABILITY and partner < num_classes:
+            swapped[noisy == k] = partner
+    return swapped
+
+
+def noisy_indices(seed: int, length: int, fraction: float) -> frozenset[int]:
+    """The round(fraction · length) train images whose label maps are noisy, a function of the data seed."""
+    order = np.random.default_rng([seed, SPLIT_CODES["train"], NOISE_STREAM]).permutation(length)
+    return frozenset(int(i) for i in order[: round(fraction * length)])
+
+
+def noisy_pixel_fraction(dataset: "SyntheticSegmentation") -> float:
+    """The fraction of the labelled pixels of ``dataset``'s training maps whose label the noise changed."""
+    changed = labelled = 0
+    for index in range(len(dataset)):
+        clean = generate_scene(scene_rng(dataset.seed, dataset.split, index), *dataset.image_size,
+                               dataset.num_classes).label
+        labelled += int((clean != IGNORE).sum())
+        if index in dataset.noisy:
+            changed += int(((dataset.load_pair(index)[1] != clean) & (clean != IGNORE)).sum())
+    return changed / labelled
+
+
 class SyntheticSegmentation(SegmentationDataset):
-    """Generated shape scenes (see the module doc); ``root`` is unused."""
+    """Generated shape scenes (see the module doc); ``root`` is unused. ``label_noise``: the fraction
+    of noisy label maps (train split only)."""
 
     def __init__(
-        self, root, split: str, *, num_classes: int = 6, length: int | None = None, image_size=None, **options
+        self, root, split: str, *, num_classes: int = 6, length: int | None = None, image_size=None,
+        label_noise: float = 0.0, **options
     ):
         super().__init__(split, **options)
         if split not in SPLIT_CODES:
@@ -206,9 +268,14 @@ class SyntheticSegmentation(SegmentationDataset):
         self.image_size = as_size(image_size, "image_size") or self.crop_size
         if self.image_size is None:
             raise ValueError("synthetic: give crop_size or image_size (the generated image size)")
+        if not 0.0 <= label_noise <= 1.0 or (label_noise and split != "train"):
+            raise ValueError(f"synthetic: label_noise must be in [0, 1], and 0 outside the train split, got "
+                             f"{label_noise!r} for split {split!r}")
         self.num_classes = num_classes
         self.class_names = synthetic_class_names(num_classes)
         self.length = length
+        self.label_noise = label_noise
+        self.noisy = noisy_indices(self.seed, length, label_noise) if label_noise else frozenset()
         # a scene depends only on (seed, split, index): keep the generated arrays (most of a sample's CPU
         # time) when the whole split fits in SCENE_CACHE_BYTES; each worker process fills its own copy
         self._cache_scenes = length * self.image_size[0] * self.image_size[1] * 4 <= SCENE_CACHE_BYTES
@@ -221,6 +288,9 @@ class SyntheticSegmentation(SegmentationDataset):
         scene = self._scenes.get(index)
         if scene is None:
             scene = generate_scene(scene_rng(self.seed, self.split, index), *self.image_size, self.num_classes)[:2]
+            if index in self.noisy:
+                rng = np.random.default_rng([self.seed, SPLIT_CODES[self.split], index, NOISE_STREAM])
+                scene = (scene[0], noisy_label(scene[1], rng, self.num_classes))
             if self._cache_scenes:
                 for array in scene:
                     array.setflags(write=False)
