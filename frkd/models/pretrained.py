@@ -1,16 +1,18 @@
-"""Load torchvision ImageNet ResNet weights (``resnet50-*.pth`` ...) into a ``DilatedResNet``.
+"""Load ImageNet backbone weights into a backbone: torchvision ResNet files (``resnet50-*.pth`` ...)
+into a ``DilatedResNet``, torchvision MobileNetV3 files into ``MobileNetV3``, and the Hugging Face
+checkpoints of MiT (``nvidia/mit-b0`` ...) and MobileViT (``apple/mobilevit-xx-small``) into their
+``transformers`` models (``pytorch_model.bin`` or ``model.safetensors``).
 
 The check is strict: every backbone key must be in the file and every file key in the
-backbone, except ``fc.*`` (the ImageNet classifier, not used) and BatchNorm
-``num_batches_tracked`` (absent from torchvision's older checkpoints). Shapes must match, which
-fails for ``width`` ≠ 64 against torchvision files.
+backbone, except the ImageNet classifier (``fc.*`` / ``classifier.*``, not used) and BatchNorm
+``num_batches_tracked`` (absent from torchvision's older checkpoints). A file prefix (``segformer.``)
+is stripped first. Shapes must match, which fails for ``width`` ≠ 64 against torchvision files.
 """
 import os
 
 import torch
 from torch import nn
 
-IGNORED_FILE_PREFIXES = ("fc.",)
 OPTIONAL_KEY_SUFFIX = "num_batches_tracked"
 
 
@@ -18,7 +20,12 @@ def _read_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained: no such file {path!r}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"pretrained: cannot read {path!r} as a PyTorch state dict: {error}") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -34,15 +41,17 @@ def _short_list(keys) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
 
 
-def load_backbone_weights(backbone: nn.Module, path: str) -> None:
-    """Copy a torchvision-named ResNet state dict from ``path`` into ``backbone`` (strict, see module doc)."""
-    state = {k: v for k, v in _read_state_dict(path).items() if not k.startswith(IGNORED_FILE_PREFIXES)}
+def load_backbone_weights(backbone: nn.Module, path: str, *, ignored=("fc.",), file_prefix: str = "",
+                          names: str = "torchvision ResNet names") -> None:
+    """Copy the state dict at ``path`` into ``backbone`` (strict, see module doc): file keys that start with
+    ``ignored`` are dropped, then ``file_prefix`` is stripped; ``names`` says in errors whose names are expected."""
+    state = {k.removeprefix(file_prefix): v for k, v in _read_state_dict(path).items() if not k.startswith(ignored)}
     expected = backbone.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith(OPTIONAL_KEY_SUFFIX)]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         name = getattr(backbone, "name", type(backbone).__name__)
-        parts = [f"pretrained: {path!r} does not match the {name} backbone (torchvision ResNet names)"]
+        parts = [f"pretrained: {path!r} does not match the {name} backbone ({names})"]
         if missing:
             parts.append(f"missing keys: {_short_list(missing)}")
         if unexpected:
@@ -55,6 +64,6 @@ def load_backbone_weights(backbone: nn.Module, path: str) -> None:
     if mismatched:
         raise ValueError(
             f"pretrained: {path!r} has tensors of other shapes than the backbone "
-            f"(torchvision files need width=64): {_short_list(mismatched)}"
+            f"(torchvision ResNet files need width=64): {_short_list(mismatched)}"
         )
     backbone.load_state_dict(state, strict=False)
