@@ -35,6 +35,15 @@ ALIGN_TO = ("teacher", "student")
 Grid = tuple[int, int] | Callable[[torch.Tensor], tuple[int, int]] | None
 
 
+class Captured(NamedTuple):
+    """``Distiller.capture``: what ``student(images)`` returned, and both sides' ``SegOutput(logits, None,
+    feat)`` on the common grid."""
+
+    student: Any
+    student_maps: SegOutput
+    teacher_maps: SegOutput
+
+
 class DistillOutput(NamedTuple):
     """What ``Distiller.__call__`` returns.
 
@@ -253,7 +262,20 @@ class Distiller(nn.Module):
         return SegOutput(logits, None, feat)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> DistillOutput:
-        """images B×3×H×W, labels B×H×W (int64, ``ignore_index`` ignored) -> ``DistillOutput``."""
+        """images B×3×H×W, labels B×H×W (int64, ``ignore_index`` ignored) -> ``DistillOutput``:
+        ``distill(capture(images), labels)``."""
+        return self.distill(self.capture(images), labels)
+
+    def distill(self, captured: Captured, labels: torch.Tensor) -> DistillOutput:
+        """The loss terms on captured maps. Split from ``capture`` for a caller that builds its own task loss
+        on ``captured.student`` first (the trainer: the order of the autograd graph fixes the order in which
+        gradients are summed, so this keeps its runs bit for bit)."""
+        terms = self.loss(captured.student_maps, captured.teacher_maps, labels)
+        loss = sum(t.float() for t in terms.values()) if terms else labels.new_zeros((), dtype=torch.float32)
+        return DistillOutput(captured.student, terms, loss, captured.student_maps, captured.teacher_maps)
+
+    def capture(self, images: torch.Tensor) -> Captured:
+        """The frozen teacher's forward (no_grad), then the student's; their hooked maps on one grid."""
         if self.teacher.training:
             self.teacher.eval()
         with torch.no_grad(), _Recorder(self._modules_of["teacher"], self._names_of["teacher"]) as rec:
@@ -265,7 +287,5 @@ class Distiller(nn.Module):
         size = (teacher_maps if self.align_to == "teacher" else student_maps).feat.shape[-2:]
         student_maps = SegOutput(resize(student_maps.logits, size), None, resize(student_maps.feat, size))
         teacher_maps = SegOutput(resize(teacher_maps.logits, size), None, resize(teacher_maps.feat, size))
-        terms = self.loss(student_maps, teacher_maps, labels)
-        loss = sum(t.float() for t in terms.values()) if terms else images.new_zeros((), dtype=torch.float32)
-        return DistillOutput(student_out, terms, loss, student_maps, teacher_maps)
+        return Captured(student_out, student_maps, teacher_maps)
 

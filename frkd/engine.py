@@ -100,10 +100,12 @@ class StepModule(nn.Module):
         self.ignore_index, self.align_corners = ignore_index, align_corners
 
     def forward(self, images, labels):
-        """(task terms, the distiller's DistillOutput or None, student SegOutput)."""
-        distilled = self.distill(images, labels) if self.distill is not None else None
-        out = distilled.student if distilled is not None else self.model(images)
+        """(task terms, the distiller's DistillOutput or None, student SegOutput). The task loss is built
+        before the distillation terms, as the runs of the method table were."""
+        captured = self.distill.capture(images) if self.distill is not None else None
+        out = captured.student if captured is not None else self.model(images)
         task = task_terms(out, labels, ignore_index=self.ignore_index, align_corners=self.align_corners)
+        distilled = self.distill.distill(captured, labels) if captured is not None else None
         return task, distilled, out
 
 

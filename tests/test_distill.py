@@ -235,3 +235,12 @@ def test_ddp_student(tmp_path):
         assert all(p.grad is not None for p in d.parameters())
     finally:
         dist.destroy_process_group()
+
+
+def test_the_example_distils_its_own_pair():
+    """examples/distill_your_own_model.py, shortened (CI runs it)."""
+    import runpy
+
+    example = runpy.run_path("examples/distill_your_own_model.py")
+    terms = example["main"](["--recipe", "frkd", "--steps", "3"])
+    assert set(terms) == {"feat", "intra", "inter", "kd"} and all(map(torch.isfinite, map(torch.tensor, terms.values())))

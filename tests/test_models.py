@@ -315,27 +315,44 @@ def test_registry_errors_name_the_model():
         build_segmentation_model("unet", "resnet18", 5)
 
 
+def legacy_segformer_name(key: str) -> str:
+    """nvidia/mit-b0's name of a transformers-5 SegFormer key (the Hub files predate the rename)."""
+    for new, old in (("stages.{}.patch_embeddings.", "encoder.patch_embeddings.{}."), ("stages.{}.blocks.", "encoder.block.{}."),
+                     ("stages.{}.layer_norm", "encoder.layer_norm.{}")):
+        for i in range(4):
+            key = key.replace(new.format(i), old.format(i))
+    for new, old in (("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),
+                     ("attention.v_proj", "attention.self.value"), ("attention.o_proj", "attention.output.dense"),
+                     ("attention.sequence_reduction.sequence_reduction", "attention.self.sr"),
+                     ("attention.sequence_reduction.layer_norm", "attention.self.layer_norm"),
+                     ("mlp.fc1", "mlp.dense1"), ("mlp.fc2", "mlp.dense2"), ("layernorm_before", "layer_norm_1"),
+                     ("layernorm_after", "layer_norm_2")):
+        key = key.replace(new, old)
+    return key
+
+
 def test_mobilevit_and_mit_load_their_public_checkpoint_names(tmp_path):
     transformers = pytest.importorskip("transformers")
     from frkd.models.families import MIT_CONFIGS, MOBILEVIT_XX_SMALL
 
     torch.manual_seed(0)
-    # what apple/mobilevit-xx-small and nvidia/mit-b0 hold: the ImageNet classification models' state dicts
-    vit = transformers.MobileViTForImageClassification(transformers.MobileViTConfig(**MOBILEVIT_XX_SMALL))
+    # what apple/mobilevit-xx-small and nvidia/mit-b0 hold: the ImageNet classification models' state dicts,
+    # MiT's under the names its Hub file has
+    vit = transformers.MobileViTForImageClassification(transformers.MobileViTConfig(**MOBILEVIT_XX_SMALL)).state_dict()
     hidden, depths, _ = MIT_CONFIGS["MiT_B0"]
     mit = transformers.SegformerForImageClassification(
-        transformers.SegformerConfig(hidden_sizes=list(hidden), depths=list(depths)))
-    for name, reference, arch, backbone, key in (
-            ("mobilevit.bin", vit, "deeplab_mobile", "mobilevit_xx_small", "mobilevit.conv_stem.convolution.weight"),
-            ("mit.bin", mit, "segformer", "MiT_B0", "segformer.encoder.block.0.0.attention.self.query.weight")):
+        transformers.SegformerConfig(hidden_sizes=list(hidden), depths=list(depths))).state_dict()
+    mit = {legacy_segformer_name(k): v for k, v in mit.items()}
+    assert "segformer.encoder.block.0.0.attention.self.query.weight" in mit
+    for name, state, arch, backbone, key, own in (
+            ("mobilevit.bin", vit, "deeplab_mobile", "mobilevit_xx_small", "mobilevit.conv_stem.convolution.weight",
+             "backbone.mobilevit.conv_stem.convolution.weight"),
+            ("mit.bin", mit, "segformer", "MiT_B0", "segformer.encoder.block.1.0.attention.self.query.weight",
+             "net.segformer.stages.1.blocks.0.attention.q_proj.weight")):
         path = str(tmp_path / name)
-        state = reference.state_dict()
         torch.save(state, path)
         model = build_segmentation_model(arch, backbone, 5, pretrained=path)
-        loaded = dict(model.named_parameters())
-        own = key if arch != "segformer" else "net." + key
-        own = "backbone." + own if arch != "segformer" else own
-        torch.testing.assert_close(loaded[own], state[key])
+        torch.testing.assert_close(dict(model.named_parameters())[own], state[key])
         del state[key]
         torch.save(state, path)
         with pytest.raises(ValueError, match="missing keys"):

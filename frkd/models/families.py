@@ -21,7 +21,7 @@ from torch import nn
 
 from .heads import DeepLabV3Head, PSPHead, TappedClassifier, conv_bn_relu
 from .mobilenetv3 import MobileNetV3
-from .pretrained import load_backbone_weights
+from .pretrained import load_backbone_weights, load_transformers_weights
 from .resnet import DilatedResNet
 from .segmentation_model import SegOutput
 
@@ -88,13 +88,16 @@ class HeadedModel(nn.Module):
 
 
 class MobileViTBackbone(nn.Module):
-    """transformers' MobileViTModel at output stride 8 with its 1×1 expansion (320 channels for XX-Small)."""
+    """transformers' MobileViTModel at output stride 8 with its 1×1 expansion (320 channels for XX-Small);
+    ``pretrained``: apple/mobilevit-xx-small's weights file."""
 
-    def __init__(self):
+    def __init__(self, pretrained: str | None = None):
         super().__init__()
         t = transformers_module()
         config = t.MobileViTConfig(**MOBILEVIT_XX_SMALL, output_stride=8)
-        self.mobilevit = t.MobileViTModel(config, expand_output=True)
+        self.mobilevit = t.MobileViTModel(config, expand_output=True) if pretrained is None else \
+            load_transformers_weights(t.MobileViTModel, config, pretrained, new_prefixes=(),
+                                      names="apple/mobilevit-xx-small names")
         self.out_channels = config.neck_hidden_sizes[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,16 +152,18 @@ class StagesBackbone(nn.Module):
 
 class SegFormer(nn.Module):
     """transformers' SegformerForSemanticSegmentation (MiT encoder + all-MLP decoder): logits and the fused
-    decoder feature at stride 4."""
+    decoder feature at stride 4; ``pretrained``: nvidia/mit-b<i>'s weights file for the encoder."""
 
-    def __init__(self, name: str, num_classes: int, feature_tap: str):
+    def __init__(self, name: str, num_classes: int, feature_tap: str, pretrained: str | None = None):
         super().__init__()
         t = transformers_module()
         hidden, depths, decoder = MIT_CONFIGS[name]
         heads = (1, 2, 5, 8)
         config = t.SegformerConfig(hidden_sizes=list(hidden), depths=list(depths), decoder_hidden_size=decoder,
                                    num_attention_heads=list(heads), num_labels=num_classes)
-        self.net = t.SegformerForSemanticSegmentation(config)
+        cls = t.SegformerForSemanticSegmentation
+        self.net = cls(config) if pretrained is None else load_transformers_weights(
+            cls, config, pretrained, new_prefixes=("decode_head.",), names=f"nvidia/mit-b{name[-1]} names")
         self.feat_channels = decoder
         self.feature_path = "net.decode_head." + ("activation" if feature_tap == "pre-dropout" else "dropout")
         self.logits_path = "net.decode_head.classifier"
@@ -197,8 +202,10 @@ class FactoryModel(nn.Module):
 
 def build_factory(name: str, num_classes: int, feature_path: str | None, logits_path: str | None,
                   role: str) -> FactoryModel:
-    """``package.module:callable`` called with num_classes=K; ValueError naming ``role`` on any misfit."""
-    from ..distill import find_module, out_channels
+    """``package.module:callable`` called with num_classes=K; ValueError naming ``role`` on any misfit. The
+    feature's channels come from one eval-mode forward of a 1×3×64×64 zero image (C of B×C×h×w, or of B×N×C
+    tokens)."""
+    from ..distill import find_module
 
     module_name, _, attribute = name.partition(":")
     try:
@@ -213,10 +220,19 @@ def build_factory(name: str, num_classes: int, feature_path: str | None, logits_
         raise ValueError(f"{role} {name}: expected the callable to return an nn.Module, got {type(model).__name__}")
     feature = find_module(model, feature_path, f"{role} {name} feature")
     find_module(model, logits_path, f"{role} {name} logits")
-    channels = out_channels(feature)
-    if channels is None:
-        raise ValueError(f"{role} {name} feature {feature_path!r}: cannot tell its channels from the module; pick a "
-                         "module that ends in a Conv, Linear or norm layer")
+    shapes = []
+    handle = feature.register_forward_hook(lambda m, i, o: shapes.append(tuple((o[0] if isinstance(o, tuple) else o).shape)))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 64, 64))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not shapes or len(shapes[-1]) not in (3, 4):
+        raise ValueError(f"{role} {name} feature {feature_path!r}: expected a module that emits B×C×H×W or B×N×C, "
+                         f"got {shapes[-1] if shapes else 'no output (it did not run)'}")
+    channels = shapes[-1][1] if len(shapes[-1]) == 4 else shapes[-1][-1]
     return FactoryModel(model, feature_path, logits_path, channels)
 
 
@@ -229,9 +245,7 @@ def build_family(arch: str, backbone: str, num_classes: int, *, width: int = 64,
             load_backbone_weights(net, pretrained, ignored=("classifier.",), names="torchvision MobileNetV3 names")
         channels = net.out_channels
     elif backbone in MOBILEVITS:
-        net = MobileViTBackbone()
-        if pretrained is not None:
-            load_backbone_weights(net, pretrained, ignored=("classifier.",), names="apple/mobilevit-xx-small names")
+        net = MobileViTBackbone(pretrained)
         channels = net.out_channels
     elif arch == "upernet_lite":
         resnet = DilatedResNet(backbone, width, output_stride=32)
@@ -240,11 +254,7 @@ def build_family(arch: str, backbone: str, num_classes: int, *, width: int = 64,
         head = UperNetHead(resnet.stage_channels, UPERNET_FPN_CHANNELS, num_classes, feature_tap)
         return HeadedModel(StagesBackbone(resnet), head, UPERNET_FPN_CHANNELS)
     else:  # segformer
-        model = SegFormer(backbone, num_classes, feature_tap)
-        if pretrained is not None:
-            load_backbone_weights(model.backbone, pretrained, ignored=("classifier.", "decode_head."),
-                                  file_prefix="segformer.", names=f"nvidia/mit-b{backbone[-1]} names")
-        return model
+        return SegFormer(backbone, num_classes, feature_tap, pretrained)
     head_class = DeepLabV3Head if arch in ("deeplabv3_mobilenet_ssseg", "deeplab_mobile") else PSPHead
     return HeadedModel(net, head_class(channels, MOBILE_HEAD_CHANNELS, num_classes, feature_tap),
                        MOBILE_HEAD_CHANNELS)
