@@ -69,6 +69,7 @@ setup(
     extras_require={
         "train": ["pillow", "tqdm", "matplotlib"],
         "triton": ["triton"],
+        "models": ["transformers>=4.40"],  # SegFormer/MiT and MobileViT students and teachers
         "test": ["pytest", "pillow", "tqdm", "matplotlib", "triton", "expecttest"],
     },
     ext_modules=extensions(),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .config import (AMP_CHOICES, BACKBONES, DATASET_DEFAULTS, DATASETS, EVAL_MODES, FEATURE_TAPS, FIELD_SECTION,
-                     MODELS, NO_PRETRAINED, SYNTHETIC_PRETEXT, RunConfig, resolve)
+                     MODEL_BACKBONES, MODELS, NO_PRETRAINED, SYNTHETIC_PRETEXT, RunConfig, resolve)
 from .losses.recipes import OPTIONS
 
 # argparse dest -> config field, where the names differ
@@ -61,11 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "dilated, objects swapped with their look-alike class), from the data seed; validation "
                         "labels stay clean (default: 0)")
     g = p.add_argument_group("models")
-    g.add_argument("--student-model", default=None, choices=MODELS, help=f"CIRKD --student-model ({d('student_model')})")
+    models = ", ".join(f"{name} ({'|'.join(MODEL_BACKBONES[name])})" for name in MODELS)
+    g.add_argument("--student-model", default=None, metavar="NAME|package.module:callable",
+                   help=f"CIRKD --student-model: one of {models} (psp = pspnet); or a factory called with "
+                        f"num_classes=K, with --student-feature and --student-logits ({d('student_model')})")
     g.add_argument("--student-backbone", default=None, choices=BACKBONES,
-                   help="CIRKD --student-backbone (default: resnet18)")
+                   help="CIRKD --student-backbone, one the model takes (default: resnet18)")
+    g.add_argument("--student-feature", default=None, metavar="PATH",
+                   help="module path of a factory student's feature (what the losses distil), e.g. decode_head.fuse")
+    g.add_argument("--student-logits", default=None, metavar="PATH",
+                   help="module path of a factory student's logits, e.g. decode_head.conv_seg")
     g.add_argument("--width", type=int, default=None, help=f"student stem width, 64 = torchvision ({d('width')})")
-    g.add_argument("--teacher-model", default=None, choices=MODELS, help="CIRKD --teacher-model (default: deeplabv3)")
+    g.add_argument("--teacher-model", default=None, metavar="NAME|package.module:callable",
+                   help="CIRKD --teacher-model, the names of --student-model (default: deeplabv3)")
+    g.add_argument("--teacher-feature", default=None, metavar="PATH", help="as --student-feature, for the teacher")
+    g.add_argument("--teacher-logits", default=None, metavar="PATH", help="as --student-logits, for the teacher")
     g.add_argument("--teacher-backbone", default=None, choices=BACKBONES,
                    help=f"CIRKD --teacher-backbone ({d('teacher_backbone')})")
     g.add_argument("--teacher-width", type=int, default=None, help=f"teacher stem width ({d('teacher_width')})")

@@ -13,8 +13,9 @@ import math
 import os
 from dataclasses import dataclass, field
 
-MODELS = ("deeplabv3", "pspnet")
-BACKBONES = ("resnet18", "resnet50", "resnet101")
+from .models.families import BACKBONES, MODEL_BACKBONES, RESNETS, is_factory
+
+MODELS = tuple(MODEL_BACKBONES)  # and package.module:callable
 FEATURE_TAPS = ("pre-dropout", "post-dropout")
 AMP_CHOICES = ("none", "bf16", "fp16")
 EVAL_MODES = ("whole", "slide")
@@ -90,6 +91,10 @@ class ModelConfig:
     aux: bool = True                             # auxiliary FCN head and its 0.4·CE
     align_corners: bool | None = None            # logits -> label size in CE and evaluation
     feature_tap: str | None = None               # the head feature given to the losses
+    student_feature: str | None = None           # module paths of a package.module:callable model's feature
+    student_logits: str | None = None            # and logits (what the Distiller hooks)
+    teacher_feature: str | None = None
+    teacher_logits: str | None = None
 
 
 @dataclass
@@ -329,8 +334,7 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError(f"--label-noise: applies to --dataset synthetic only, got {d.label_noise:g} for {d.dataset}")
 
     for prefix in ("student", "teacher"):
-        _check_choice(f"{prefix}_model", getattr(m, f"{prefix}_model"), MODELS)
-        _check_choice(f"{prefix}_backbone", getattr(m, f"{prefix}_backbone"), BACKBONES)
+        _check_model(m, prefix)
     _check_number("width", m.width, low=1)
     _check_number("teacher_width", m.teacher_width, low=1)
     _check_number("student_frozen_stages", m.student_frozen_stages, low=-1, high=4)
@@ -345,6 +349,15 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
         if value == SYNTHETIC_PRETEXT and d.dataset != "synthetic":
             raise ConfigError(f"{flag(name)} {value}: applies to --dataset synthetic only; expected an ImageNet "
                               f"backbone .pth or {NO_PRETRAINED}")
+        prefix = name.split("_")[0]
+        if value == SYNTHETIC_PRETEXT and (is_factory(getattr(m, f"{prefix}_model"))
+                                           or getattr(m, f"{prefix}_backbone") not in RESNETS):
+            raise ConfigError(f"{flag(name)} {value}: the pretext backbones are ResNets; expected an ImageNet "
+                              f"backbone file or {NO_PRETRAINED} for --{prefix}-model {getattr(m, f'{prefix}_model')} "
+                              f"on {getattr(m, f'{prefix}_backbone')}")
+    if m.student_frozen_stages != -1 and (is_factory(m.student_model) or m.student_backbone not in RESNETS):
+        raise ConfigError(f"--student-frozen-stages {m.student_frozen_stages}: only ResNet backbones have stages to "
+                          f"freeze; expected -1 for --student-model {m.student_model}")
         if value not in (SYNTHETIC_PRETEXT, NO_PRETRAINED):
             _check_file(name, value)
     _check_number("pretext_seed", m.pretext_seed, low=0)
@@ -382,6 +395,29 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
         raise ConfigError(f"--out-dir {r.out_dir}: expected a folder without a run, found {', '.join(held)}; "
                           "continue it with --resume auto, replace it with --overwrite, or pick another --out-dir")
     return config
+
+
+def _check_model(m: ModelConfig, prefix: str) -> None:
+    """--<prefix>-model: a registry name on one of its backbones (paths unset), or package.module:callable with
+    --<prefix>-feature and --<prefix>-logits."""
+    name, backbone = getattr(m, f"{prefix}_model"), getattr(m, f"{prefix}_backbone")
+    paths = {key: getattr(m, f"{prefix}_{key}") for key in ("feature", "logits")}
+    if is_factory(name):
+        missing = [f"--{prefix}-{key}" for key, value in paths.items() if not value]
+        if missing:
+            raise ConfigError(f"--{prefix}-model {name}: a package.module:callable model needs {' and '.join(missing)} "
+                              "(the module paths of its feature and its logits)")
+        return
+    if name not in MODEL_BACKBONES:
+        raise ConfigError(f"--{prefix}-model: expected one of {', '.join(MODELS)} or package.module:callable, "
+                          f"got {name!r}")
+    if backbone not in MODEL_BACKBONES[name]:
+        raise ConfigError(f"--{prefix}-backbone: expected one of {', '.join(MODEL_BACKBONES[name])} for "
+                          f"--{prefix}-model {name}, got {backbone!r}")
+    given = [f"--{prefix}-{key}" for key, value in paths.items() if value]
+    if given:
+        raise ConfigError(f"{' and '.join(given)}: apply to a package.module:callable --{prefix}-model only; "
+                          f"{name} knows its own")
 
 
 def _check_loss(config: RunConfig) -> None:

@@ -1,10 +1,10 @@
 """The training loop shared by the teacher phase (method none) and the distillation phase.
 
-One iteration: poly LR, student forward (+ frozen teacher forward under no_grad), CE on the
-upsampled logits + 0.4·CE(aux) + the distillation terms, a finite-loss check, backward (with a
-GradScaler for fp16), SGD step; then, when the loss has a discriminator
-(``discriminator_parameters()`` not empty), one Adam step of the discriminator on
-``discriminator_loss(student detached, teacher)``. The student's SGD never updates the
+One iteration: poly LR, the forward (the model alone, or a ``frkd.distill.Distiller``: the frozen
+teacher under no_grad, then the student), CE on the upsampled logits + 0.4·CE(aux) + the distillation
+terms, a finite-loss check, backward (with a GradScaler for fp16), SGD step; then, when the loss has a
+discriminator (``discriminator_parameters()`` not empty), one Adam step of the discriminator on
+``discriminator_loss`` of the detached student maps. The student's SGD never updates the
 discriminator. Checkpoints hold everything needed for a bit-exact resume (docs/trainer.md).
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import RunConfig, flag
+from .distill import Distiller
 from .distributed import DistEnv, all_reduce_mean, any_rank
 from .inference import evaluate
 from .interrupts import StopSignal, ignore_sigint_in_worker
@@ -51,9 +52,13 @@ class TrainingStopped(Exception):
 
 def param_groups(params: list, backbone: nn.Module, head_lr_mult: float) -> list[dict]:
     """SGD groups of ``params``: the backbone's at the base lr (``lr_mult`` 1), the others (heads, loss
-    connectors) at ``head_lr_mult`` × it; one group when ``head_lr_mult`` is 1."""
+    connectors) at ``head_lr_mult`` × it; one group when ``head_lr_mult`` is 1. ``backbone`` None: a model
+    without a ``backbone`` attribute, which takes ``head_lr_mult`` 1 only."""
     if head_lr_mult == 1.0:
         return [{"params": params, "lr_mult": 1.0}]
+    if backbone is None:
+        raise ValueError(f"--head-lr-mult {head_lr_mult:g}: the model has no .backbone attribute that tells backbone "
+                         "from head parameters; pass --head-lr-mult 1")
     own = {id(p) for p in backbone.parameters()}
     return [{"params": [p for p in params if id(p) in own], "lr_mult": 1.0},
             {"params": [p for p in params if id(p) not in own], "lr_mult": head_lr_mult}]
@@ -81,24 +86,34 @@ def task_terms(out, labels: torch.Tensor, *, ignore_index: int = 255,
 
 
 class StepModule(nn.Module):
-    """The trainable part of a step: the model and the distillation loss (its 1×1 conv φ).
+    """The trainable part of a step: the model and the distiller (its loss's adapters, e.g. the 1×1 conv φ).
 
     One module so that DDP synchronises the gradients of both with one wrapper (a discriminator of the
-    loss is left out of it: the engine averages its gradients itself).
+    loss is left out of it: the engine averages its gradients itself). The distiller holds the teacher
+    outside the module tree.
     """
 
-    def __init__(self, model: nn.Module, distill: nn.Module | None, *, ignore_index: int, align_corners: bool):
+    def __init__(self, model: nn.Module, distill: Distiller | None, *, ignore_index: int, align_corners: bool):
         super().__init__()
         self.model = model
         self.distill = distill
         self.ignore_index, self.align_corners = ignore_index, align_corners
 
-    def forward(self, images, labels, teacher_out):
-        """(task terms, distillation terms, student SegOutput)."""
-        out = self.model(images)
+    def forward(self, images, labels):
+        """(task terms, the distiller's DistillOutput or None, student SegOutput). The task loss is built
+        before the distillation terms, as the runs of the method table were."""
+        captured = self.distill.capture(images) if self.distill is not None else None
+        out = captured.student if captured is not None else self.model(images)
         task = task_terms(out, labels, ignore_index=self.ignore_index, align_corners=self.align_corners)
-        distill = self.distill(out, teacher_out, labels) if self.distill is not None else {}
-        return task, distill, out
+        distilled = self.distill.distill(captured, labels) if captured is not None else None
+        return task, distilled, out
+
+
+def place_model(model: nn.Module, env: DistEnv) -> nn.Module:
+    """``model`` on the run's device, with SyncBatchNorm under multi-GPU DDP (before a Distiller hooks it)."""
+    if env.distributed and env.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model.to(env.device)
 
 
 def evaluate_model(model: nn.Module, val_set, config: RunConfig, env: DistEnv) -> dict:
@@ -136,14 +151,15 @@ def check_resumable(state: dict, path: str, phase: str, config: RunConfig) -> No
 
 
 class Trainer:
-    """Trains ``model`` (with an optional frozen ``teacher`` and distillation loss) for one phase.
+    """Trains ``model`` (placed by ``place_model``), distilled by ``distill`` when given (a Distiller whose
+    student is ``model``), for one phase.
 
     phase: "teacher" or "student" (names records and checkpoints); out_dir: where last.pt/best.pt go;
     config: the run's config (optimisation, schedule, data loading); recorded: the config as written to
     checkpoints (``frkd.config.recorded``).
     """
 
-    def __init__(self, *, phase: str, model: nn.Module, teacher: nn.Module | None, distill: nn.Module | None,
+    def __init__(self, *, phase: str, model: nn.Module, distill: Distiller | None,
                  train_set, val_set, num_classes: int, max_iterations: int, config: RunConfig, env: DistEnv,
                  out_dir: str, log: MetricsLog, model_config: dict, recorded: dict):
         self.phase, self.config, self.env, self.out_dir, self.log = phase, config, env, out_dir, log
@@ -152,13 +168,8 @@ class Trainer:
         self.num_classes, self.max_iterations, self.model_config = num_classes, max_iterations, model_config
         self.train_set, self.val_set = train_set, val_set
         device = env.device
-        if env.distributed and device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(device)
+        self.model = model
         self.distill = distill.to(device) if distill is not None else None
-        self.teacher = teacher
-        if teacher is not None:
-            teacher.to(device).eval().requires_grad_(False)
         step = StepModule(self.model, self.distill, ignore_index=config.data.ignore_label,
                           align_corners=config.model.align_corners)
         self.discriminator = list(self.distill.discriminator_parameters()) if self.distill is not None else []
@@ -171,8 +182,9 @@ class Trainer:
         self.step = step
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.distill is not None:
-            params += [p for p in self.distill.parameters() if p.requires_grad and id(p) not in own]
-        self.optimizer = torch.optim.SGD(param_groups(params, self.model.backbone, o.head_lr_mult), lr=o.lr,
+            params += [p for p in self.distill.parameters() if p.requires_grad]
+        backbone = getattr(self.model, "backbone", None)
+        self.optimizer = torch.optim.SGD(param_groups(params, backbone, o.head_lr_mult), lr=o.lr,
                                          momentum=o.momentum, weight_decay=o.weight_decay)
         self.d_optimizer = torch.optim.Adam(self.discriminator, lr=o.lr_d, betas=DISCRIMINATOR_BETAS) \
             if self.discriminator else None
@@ -195,7 +207,7 @@ class Trainer:
         return {
             "phase": self.phase, "iteration": self.iteration, "max_iterations": self.max_iterations,
             "model": self.model.state_dict(), "model_config": self.model_config,
-            "loss": self.distill.state_dict() if self.distill is not None else {},
+            "loss": self.distill.loss.state_dict() if self.distill is not None else {},
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "d_optimizer": self.d_optimizer.state_dict() if self.d_optimizer is not None else None,
             "best_miou": self.best_miou, "last_eval": self.last_eval, "rng": per_rank,
@@ -209,7 +221,7 @@ class Trainer:
         check_resumable(state, path, self.phase, self.config)
         self.model.load_state_dict(state["model"])
         if self.distill is not None:
-            self.distill.load_state_dict(state["loss"])
+            self.distill.loss.load_state_dict(state["loss"])
         if self.d_optimizer is not None:
             self.d_optimizer.load_state_dict(state["d_optimizer"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -267,13 +279,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)  # checkpoints before lr_mult had one group at 1
         with self._autocast():
-            teacher_out = None
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_out = self.teacher(images)
-            task, distill, out = self.step(images, labels, teacher_out)
+            task, distilled, out = self.step(images, labels)
+        distill = distilled.terms if distilled is not None else {}
         if distill and self.config.loss.grad_ratio and self.term_scales is None:
-            self.term_scales = self._calibrate(task, distill, out)
+            self.term_scales = self._calibrate(task, distill, distilled.student_maps.feat)
         terms = {**task, **self._scaled(distill)}
         loss = sum(t.float() for t in terms.values())
         self._check_finite(loss, terms)
@@ -283,7 +292,7 @@ class Trainer:
         self.scaler.update()
         values = {**{k: v.detach().float() for k, v in terms.items()}, "loss": loss.detach()}
         if self.d_optimizer is not None:
-            values["discriminator"] = self._discriminator_step(out, teacher_out)
+            values["discriminator"] = self._discriminator_step(distilled)
         self.iteration += 1
         return values
 
@@ -295,16 +304,17 @@ class Trainer:
         scales = self.term_scales or {}
         return {name: term * (factor * scales.get(name, 1.0)) for name, term in distill.items()}
 
-    def _calibrate(self, task: dict[str, torch.Tensor], distill: dict[str, torch.Tensor], out) -> dict[str, float]:
+    def _calibrate(self, task: dict[str, torch.Tensor], distill: dict[str, torch.Tensor],
+                   feat: torch.Tensor) -> dict[str, float]:
         """Scales s_t such that each distillation term's gradient on the student feature, ‖∂(s_t·L_t)/∂F_S‖,
         is grad_ratio / n times the task loss's (n: terms with a gradient; 1 with --distill-grad-per-term),
-        on this first batch; norms are
-        averaged over ranks. Terms without a gradient on F_S (e.g. a zero weight) keep scale 1."""
+        on this first batch; norms are averaged over ranks. Terms without a gradient on F_S (e.g. a zero weight)
+        keep scale 1. ``feat``: F_S as the loss saw it."""
         norms = {}
         for name, term in {"task": sum(task.values()), **distill}.items():
-            grad = torch.autograd.grad(term.float(), out.feat, retain_graph=True, allow_unused=True)[0] \
+            grad = torch.autograd.grad(term.float(), feat, retain_graph=True, allow_unused=True)[0] \
                 if term.requires_grad else None
-            norms[name] = grad.float().norm() if grad is not None else torch.zeros((), device=out.feat.device)
+            norms[name] = grad.float().norm() if grad is not None else torch.zeros((), device=feat.device)
         norms = all_reduce_mean(norms)
         live = [name for name in distill if norms[name] > 0]
         share = 1 if self.config.loss.grad_per_term else max(1, len(live))  # a ρ per term, or ρ shared by n
@@ -315,12 +325,11 @@ class Trainer:
             "term_grad_norms": {n: norms[n] for n in distill}, "term_scales": scales}})
         return scales
 
-    def _discriminator_step(self, out, teacher_out) -> torch.Tensor:
-        """One Adam step of the loss's discriminator on the detached student outputs (float32, no autocast);
-        under DDP its gradients are averaged over ranks. Returns the discriminator loss."""
-        student = type(out)(*(t.detach() if t is not None else None for t in out))
+    def _discriminator_step(self, distilled) -> torch.Tensor:
+        """One Adam step of the loss's discriminator on the detached student maps of ``distilled`` (float32, no
+        autocast); under DDP its gradients are averaged over ranks. Returns the discriminator loss."""
         self.d_optimizer.zero_grad(set_to_none=True)
-        d_loss = self.distill.discriminator_loss(student, teacher_out).float()
+        d_loss = self.distill.discriminator_loss(distilled).float()
         self._check_finite(d_loss, {"discriminator": d_loss})
         d_loss.backward()
         if self.env.distributed:

@@ -21,7 +21,7 @@ from .checkpoint import CheckpointError, seed_everything
 from .config import (NO_PRETRAINED, RUN_FILES, SYNTHETIC_PRETEXT, ConfigError, DataConfig, RunConfig, recorded, resolve,
                      resume_file, validate)
 from .distributed import DistEnv, barrier, init_distributed
-from .engine import Trainer, check_resumable, evaluate_model
+from .engine import Trainer, check_resumable, evaluate_model, place_model
 from .run_log import MetricsLog, write_json
 
 RESUME_HINT = "; resume from best.pt instead (--resume <out-dir>/best.pt) or start afresh with --overwrite"
@@ -62,21 +62,22 @@ WEIGHT_KEYS = ("arch", "backbone", "num_classes", "width")  # what a checkpoint'
 
 
 def model_config(arch: str, backbone: str, num_classes: int, width: int, *, aux: bool = True,
-                 feature_tap: str = "pre-dropout") -> dict:
+                 feature_tap: str = "pre-dropout", feature: str | None = None, logits: str | None = None) -> dict:
+    """``feature`` / ``logits``: module paths of a package.module:callable ``arch`` (None otherwise)."""
     return {"arch": arch, "backbone": backbone, "num_classes": num_classes, "width": width, "aux": aux,
-            "feature_tap": feature_tap}
+            "feature_tap": feature_tap, "feature": feature, "logits": logits}
 
 
 def student_model_config(config: RunConfig) -> dict:
     m = config.model
     return model_config(m.student_model, m.student_backbone, config.data.num_classes, m.width, aux=m.aux,
-                        feature_tap=m.feature_tap)
+                        feature_tap=m.feature_tap, feature=m.student_feature, logits=m.student_logits)
 
 
 def teacher_model_config(config: RunConfig) -> dict:
     m = config.model
     return model_config(m.teacher_model, m.teacher_backbone, config.data.num_classes, m.teacher_width,
-                        feature_tap=m.feature_tap)
+                        feature_tap=m.feature_tap, feature=m.teacher_feature, logits=m.teacher_logits)
 
 
 def pretrained_base_path(value: str | None, backbone: str, width: int, pretext_seed: int = 0) -> str | None:
@@ -92,18 +93,19 @@ def pretrained_base_path(value: str | None, backbone: str, width: int, pretext_s
     return value
 
 
-def build_from_config(mc: dict, pretrained: str | None = None, role: str = "pretrained"):
-    """The model of a model config (``model_config``); backbone weights from ``pretrained`` (a
-    ``pretrained_base_path`` value; errors name ``role``)."""
-    from .models import build_model
+def build_from_config(mc: dict, pretrained: str | None = None, role: str = "pretrained", prefix: str = "teacher"):
+    """The model of a model config (``model_config``, any model of the registry); backbone weights from
+    ``pretrained`` (a ``pretrained_base_path`` value; errors name ``role``, model errors --<prefix>-model)."""
+    from .models import build_segmentation_model
 
     try:
-        return build_model(mc["arch"], mc["backbone"], mc["num_classes"], width=mc["width"],
-                           aux=mc.get("aux", True), feature_tap=mc.get("feature_tap", "pre-dropout"),
-                           pretrained=pretrained)
+        return build_segmentation_model(mc["arch"], mc["backbone"], mc["num_classes"], width=mc["width"],
+                                        aux=mc.get("aux", True), feature_tap=mc.get("feature_tap", "pre-dropout"),
+                                        pretrained=pretrained, feature=mc.get("feature"), logits=mc.get("logits"),
+                                        role=f"--{prefix}-model")
     except (FileNotFoundError, ValueError) as error:
         if pretrained is None:
-            raise
+            raise ConfigError(str(error)) from error
         raise ConfigError(f"{role} {pretrained}: {str(error).removeprefix('pretrained: ')}") from error
 
 
@@ -186,7 +188,9 @@ def train_teacher(config: RunConfig, env: DistEnv, train_set, val_set, log: Metr
         base = pretrained_base_path(config.model.teacher_pretrained_base, mc["backbone"], mc["width"],
                                     config.model.pretext_seed)
         model = build_from_config(mc, base, "--teacher-pretrained-base")
-        trainer = Trainer(phase="teacher", model=model, teacher=None, distill=None, train_set=train_set,
+        check_head_lr(model, config, "--teacher-model")
+        model = place_model(model, env)
+        trainer = Trainer(phase="teacher", model=model, distill=None, train_set=train_set,
                           val_set=val_set, num_classes=mc["num_classes"],
                           max_iterations=config.optim.teacher_iterations, config=config, env=env,
                           out_dir=teacher_dir, log=log, model_config=mc, recorded=recorded(config))
@@ -209,28 +213,43 @@ def build_student(config: RunConfig):
     mc = student_model_config(config)
     student = build_from_config(mc, pretrained_base_path(config.model.student_pretrained_base, mc["backbone"],
                                                          mc["width"], config.model.pretext_seed),
-                                "--student-pretrained-base")
-    student.backbone.freeze_stages(config.model.student_frozen_stages)
+                                "--student-pretrained-base", "student")
+    if config.model.student_frozen_stages != -1:  # validate: a ResNet backbone
+        student.backbone.freeze_stages(config.model.student_frozen_stages)
+    check_head_lr(student, config, "--student-model")
     return student
 
 
+def check_head_lr(model, config: RunConfig, role: str) -> None:
+    """--head-lr-mult ≠ 1 needs the model's ``backbone`` to tell backbone from head parameters."""
+    if config.optim.head_lr_mult != 1.0 and getattr(model, "backbone", None) is None:
+        raise ConfigError(f"--head-lr-mult {config.optim.head_lr_mult:g}: {role} has no .backbone attribute that "
+                          "tells backbone from head parameters; expected --head-lr-mult 1")
+
+
 def build_distillation(config: RunConfig, student, teacher):
-    """The distillation loss of the config (every option resolved), or None for method ``none`` / no teacher."""
-    from .losses import build_loss, resolved_loss_options
+    """The ``Distiller`` of the config (its loss with every option resolved; feature and logits by the models'
+    ``feature_path`` / ``logits_path``), or None for method ``none`` / no teacher. Both models on one device."""
+    from .distill import Distiller
+    from .losses import resolved_loss_options
 
     if teacher is None or config.loss.method == "none":
         return None
     options = resolved_loss_options(config.loss.method, config.loss.options, config.data.dataset)
-    return build_loss(config.loss.method, num_classes=config.data.num_classes, student_channels=student.feat_channels,
-                      teacher_channels=teacher.feat_channels, ignore_index=config.data.ignore_label, **options)
+    return Distiller(student, teacher, config.loss.method, num_classes=config.data.num_classes,
+                     student_feature=student.feature_path, teacher_feature=teacher.feature_path,
+                     student_logits=student.logits_path, teacher_logits=teacher.logits_path,
+                     student_channels=student.feat_channels, teacher_channels=teacher.feat_channels,
+                     ignore_index=config.data.ignore_label, **options)
 
 
 def student_trainer(config: RunConfig, env: DistEnv, train_set, val_set, teacher, log: MetricsLog,
                     student=None) -> Trainer:
     """The student phase: ``student`` (default: ``build_student``) and its distillation loss against
     ``teacher`` (no distillation when ``teacher`` is None)."""
-    student = build_student(config) if student is None else student
-    return Trainer(phase="student", model=student, teacher=teacher, distill=build_distillation(config, student, teacher),
+    student = place_model(build_student(config) if student is None else student, env)
+    teacher = teacher.to(env.device) if teacher is not None else None
+    return Trainer(phase="student", model=student, distill=build_distillation(config, student, teacher),
                    train_set=train_set, val_set=val_set, num_classes=config.data.num_classes,
                    max_iterations=config.optim.max_iterations, config=config, env=env, out_dir=config.runtime.out_dir,
                    log=log, model_config=student_model_config(config), recorded=recorded(config))

@@ -121,7 +121,7 @@ def term_gradients(trainer, teacher, images, labels) -> dict:
         teacher_out = teacher(images)
     terms = task_terms(out, labels, ignore_index=trainer.config.data.ignore_label,
                        align_corners=trainer.config.model.align_corners)
-    terms.update(trainer.distill(out, teacher_out, labels))
+    terms.update(trainer.distill.loss(out, teacher_out, labels))
     grads = {}
     for name, value in terms.items():
         (g,) = torch.autograd.grad(value, out.feat, retain_graph=True, allow_unused=True)

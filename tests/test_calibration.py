@@ -37,10 +37,9 @@ def feature_grad_norm(term, feat):
 def test_each_calibrated_term_starts_at_its_share_of_the_task_gradient(tmp_path, teacher_file, ratio):  # noqa: F811
     trainer = tiny_trainer(tmp_path, teacher_file, grad_ratio=ratio, options={"lambda_feat": 3.0})
     images, labels = next(iter(trainer._train_loader()))
-    with torch.no_grad():
-        teacher_out = trainer.teacher(images)
-    task, distill, out = trainer.step(images, labels, teacher_out)
-    scales = trainer._calibrate(task, distill, out)
+    task, distilled, out = trainer.step(images, labels)
+    distill = distilled.terms
+    scales = trainer._calibrate(task, distill, out.feat)
     assert set(scales) == set(distill) == {"feat", "intra", "inter", "kd"}
     task_norm = feature_grad_norm(sum(task.values()), out.feat)
     for name, term in distill.items():
@@ -51,11 +50,10 @@ def test_each_calibrated_term_starts_at_its_share_of_the_task_gradient(tmp_path,
 def test_a_term_without_gradient_keeps_scale_one_and_the_others_share_the_ratio(tmp_path, teacher_file):  # noqa: F811
     trainer = tiny_trainer(tmp_path, teacher_file, grad_ratio=1.0)
     images, labels = next(iter(trainer._train_loader()))
-    with torch.no_grad():
-        teacher_out = trainer.teacher(images)
-    task, distill, out = trainer.step(images, labels, teacher_out)
+    task, distilled, out = trainer.step(images, labels)
+    distill = distilled.terms
     distill["intra"] = distill["intra"].detach()  # a term that sends no gradient to the student feature
-    scales = trainer._calibrate(task, distill, out)
+    scales = trainer._calibrate(task, distill, out.feat)
     task_norm = feature_grad_norm(sum(task.values()), out.feat)
     live = [n for n in distill if feature_grad_norm(distill[n], out.feat) > 0]
     assert len(live) == 3 and "intra" not in live and scales["intra"] == 1.0

@@ -203,3 +203,157 @@ def test_feature_tap_after_dropout_is_the_classifier_input(arch):
     assert torch.equal(pre(x).feat, post(x).feat)
     with pytest.raises(ValueError, match="feature_tap"):
         build_model(arch, "resnet18", 5, width=4, feature_tap="middle")
+
+
+# ---------------------------------------------------------------- CIRKD's student families (frkd.models.families)
+from frkd.models import build_segmentation_model  # noqa: E402
+from frkd.models.mobilenetv3 import MobileNetV3  # noqa: E402
+
+# torchvision's MobileNetV3 tables, written independently of frkd.models.mobilenetv3:
+# (in, kernel, expanded, out, squeeze-excitation) per inverted-residual block
+TORCHVISION_MOBILENETV3 = {
+    "mobilenetv3_small": [(16, 3, 16, 16, True), (16, 3, 72, 24, False), (24, 3, 88, 24, False),
+                          (24, 5, 96, 40, True), (40, 5, 240, 40, True), (40, 5, 240, 40, True),
+                          (40, 5, 120, 48, True), (48, 5, 144, 48, True), (48, 5, 288, 96, True),
+                          (96, 5, 576, 96, True), (96, 5, 576, 96, True)],
+    "mobilenetv3_large": [(16, 3, 16, 16, False), (16, 3, 64, 24, False), (24, 3, 72, 24, False),
+                          (24, 5, 72, 40, True), (40, 5, 120, 40, True), (40, 5, 120, 40, True),
+                          (40, 3, 240, 80, False), (80, 3, 200, 80, False), (80, 3, 184, 80, False),
+                          (80, 3, 184, 80, False), (80, 3, 480, 112, True), (112, 3, 672, 112, True),
+                          (112, 5, 672, 160, True), (160, 5, 960, 160, True), (160, 5, 960, 160, True)],
+}
+# torchvision's parameter counts (mobilenet_v3_small 2 542 856, _large 5 483 032) minus the classifier
+# (576·1024+1024 + 1024·1000+1000, 960·1280+1280 + 1280·1000+1000)
+TORCHVISION_MOBILENETV3_PARAMS = {"mobilenetv3_small": 2_542_856 - 1_615_848,
+                                  "mobilenetv3_large": 5_483_032 - 2_511_080}
+
+
+def mobilenetv3_file_keys(name: str) -> list[str]:
+    """The keys of torchvision's mobilenet_v3_* ImageNet state dict, classifier included."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+    def conv_bn(prefix):
+        return [f"{prefix}.0.weight"] + [f"{prefix}.1.{p}" for p in bn]
+
+    keys = conv_bn("features.0")
+    blocks = TORCHVISION_MOBILENETV3[name]
+    for i, (cin, _, expanded, _, se) in enumerate(blocks, start=1):
+        j = 0
+        if expanded != cin:
+            keys += conv_bn(f"features.{i}.block.{j}")
+            j += 1
+        keys += conv_bn(f"features.{i}.block.{j}")
+        j += 1
+        if se:
+            keys += [f"features.{i}.block.{j}.fc{k}.{p}" for k in (1, 2) for p in ("weight", "bias")]
+            j += 1
+        keys += conv_bn(f"features.{i}.block.{j}")
+    keys += conv_bn(f"features.{len(blocks) + 1}")
+    return keys + ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"]
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "mobilenetv3_large"])
+def test_mobilenetv3_has_torchvision_names_sizes_and_stride_8(name):
+    net = MobileNetV3(name)
+    expected = [k for k in mobilenetv3_file_keys(name) if not k.startswith("classifier.")]
+    assert list(net.state_dict()) == expected
+    assert sum(p.numel() for p in net.parameters()) == TORCHVISION_MOBILENETV3_PARAMS[name]
+    assert net(torch.randn(1, 3, 65, 48)).shape == (1, net.out_channels, 9, 6)
+    assert net.out_channels == {"mobilenetv3_small": 576, "mobilenetv3_large": 960}[name]
+
+
+def test_mobilenetv3_loads_a_torchvision_file_strictly(tmp_path):
+    torch.manual_seed(0)
+    reference = MobileNetV3("mobilenetv3_small").state_dict()
+    state = {k: torch.randn(reference[k].shape) if k in reference and reference[k].is_floating_point()
+             else reference.get(k, torch.randn(3)) for k in mobilenetv3_file_keys("mobilenetv3_small")}
+    path = str(tmp_path / "mobilenet_v3_small-047dcff4.pth")
+    torch.save(state, path)
+    model = build_segmentation_model("psp_mobile", "mobilenetv3_small", 5, pretrained=path)
+    loaded = model.backbone.state_dict()
+    for key in ("features.0.0.weight", "features.4.block.2.fc1.bias", "features.12.1.running_var"):
+        torch.testing.assert_close(loaded[key], state[key])
+    del state["features.4.block.2.fc2.weight"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"torchvision MobileNetV3 names.*missing keys: features\.4\.block\.2\.fc2"):
+        build_segmentation_model("psp_mobile", "mobilenetv3_small", 5, pretrained=path)
+
+
+FAMILIES = [("deeplabv3_mobilenet_ssseg", "mobilenetv3_small"), ("deeplabv3_mobilenet_ssseg", "mobilenetv3_large"),
+            ("psp_mobile", "mobilenetv3_small"), ("psp_mobile", "mobilenetv3_large"),
+            ("deeplab_mobile", "mobilevit_xx_small"), ("psp_mobile", "mobilevit_xx_small"),
+            ("upernet_lite", "resnet18"), ("segformer", "MiT_B0"), ("psp", "resnet18")]
+NEEDS_TRANSFORMERS = {"mobilevit_xx_small", "MiT_B0"}
+
+
+@pytest.mark.parametrize("arch, backbone", FAMILIES)
+def test_family_outputs_and_distillation_paths(arch, backbone):
+    if backbone in NEEDS_TRANSFORMERS:
+        pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = build_segmentation_model(arch, backbone, 5, width=8)
+    out = model(torch.randn(2, 3, 64, 64))
+    stride = 4 if arch in ("upernet_lite", "segformer") else 8
+    assert out.logits.shape == (2, 5, 64 // stride, 64 // stride)
+    modules = dict(model.named_modules())
+    assert model.feature_path in modules and model.logits_path in modules
+    assert model.backbone is not None
+
+
+def test_psp_is_pspnet():
+    torch.manual_seed(0)
+    a = build_segmentation_model("psp", "resnet18", 5, width=4)
+    torch.manual_seed(0)
+    b = build_segmentation_model("pspnet", "resnet18", 5, width=4)
+    assert type(a.head) is type(b.head) and all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+def test_registry_errors_name_the_model():
+    with pytest.raises(ValueError, match=r"model psp_mobile: expected a backbone among .*mobilevit_xx_small, got 'MiT_B0'"):
+        build_segmentation_model("psp_mobile", "MiT_B0", 5)
+    with pytest.raises(ValueError, match=r"model: expected one of .* or package.module:callable, got 'unet'"):
+        build_segmentation_model("unet", "resnet18", 5)
+
+
+def legacy_segformer_name(key: str) -> str:
+    """nvidia/mit-b0's name of a transformers-5 SegFormer key (the Hub files predate the rename)."""
+    for new, old in (("stages.{}.patch_embeddings.", "encoder.patch_embeddings.{}."), ("stages.{}.blocks.", "encoder.block.{}."),
+                     ("stages.{}.layer_norm", "encoder.layer_norm.{}")):
+        for i in range(4):
+            key = key.replace(new.format(i), old.format(i))
+    for new, old in (("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),
+                     ("attention.v_proj", "attention.self.value"), ("attention.o_proj", "attention.output.dense"),
+                     ("attention.sequence_reduction.sequence_reduction", "attention.self.sr"),
+                     ("attention.sequence_reduction.layer_norm", "attention.self.layer_norm"),
+                     ("mlp.fc1", "mlp.dense1"), ("mlp.fc2", "mlp.dense2"), ("layernorm_before", "layer_norm_1"),
+                     ("layernorm_after", "layer_norm_2")):
+        key = key.replace(new, old)
+    return key
+
+
+def test_mobilevit_and_mit_load_their_public_checkpoint_names(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from frkd.models.families import MIT_CONFIGS, MOBILEVIT_XX_SMALL
+
+    torch.manual_seed(0)
+    # what apple/mobilevit-xx-small and nvidia/mit-b0 hold: the ImageNet classification models' state dicts,
+    # MiT's under the names its Hub file has
+    vit = transformers.MobileViTForImageClassification(transformers.MobileViTConfig(**MOBILEVIT_XX_SMALL)).state_dict()
+    hidden, depths, _ = MIT_CONFIGS["MiT_B0"]
+    mit = transformers.SegformerForImageClassification(
+        transformers.SegformerConfig(hidden_sizes=list(hidden), depths=list(depths))).state_dict()
+    mit = {legacy_segformer_name(k): v for k, v in mit.items()}
+    assert "segformer.encoder.block.0.0.attention.self.query.weight" in mit
+    for name, state, arch, backbone, key, own in (
+            ("mobilevit.bin", vit, "deeplab_mobile", "mobilevit_xx_small", "mobilevit.conv_stem.convolution.weight",
+             "backbone.mobilevit.conv_stem.convolution.weight"),
+            ("mit.bin", mit, "segformer", "MiT_B0", "segformer.encoder.block.1.0.attention.self.query.weight",
+             "net.segformer.stages.1.blocks.0.attention.q_proj.weight")):
+        path = str(tmp_path / name)
+        torch.save(state, path)
+        model = build_segmentation_model(arch, backbone, 5, pretrained=path)
+        torch.testing.assert_close(dict(model.named_parameters())[own], state[key])
+        del state[key]
+        torch.save(state, path)
+        with pytest.raises(ValueError, match="missing keys"):
+            build_segmentation_model(arch, backbone, 5, pretrained=path)

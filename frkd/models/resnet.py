@@ -5,6 +5,8 @@ layer3 and layer4 maps of ceil(H/8)×ceil(W/8). Module and parameter names are t
 torchvision's ``ResNet`` (``conv1``, ``bn1``, ``layer1.0.conv1``, ..., ``downsample.0/1``) minus
 ``fc``, so its ImageNet state dicts load into this module (see ``frkd.models.pretrained``).
 ``width`` is the stem width: stage i has ``width * 2**i`` planes (64 = torchvision sizes).
+``output_stride=32`` builds the plain ResNet instead (strides 4/8/16/32, no dilation), whose
+``stages`` feed an FPN head (UperNet).
 """
 import torch
 from torch import nn
@@ -15,8 +17,8 @@ RESNET_LAYOUTS = {
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
 }
-STAGE_STRIDES = (1, 2, 1, 1)
-STAGE_DILATIONS = (1, 1, 2, 4)
+# output stride -> (stage strides, stage dilations)
+STAGE_LAYOUTS = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 32: ((1, 2, 2, 2), (1, 1, 1, 1))}
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -83,10 +85,12 @@ class DilatedResNet(nn.Module):
     ``layer4_channels``.
     """
 
-    def __init__(self, name: str, width: int = 64):
+    def __init__(self, name: str, width: int = 64, output_stride: int = 8):
         super().__init__()
         if name not in RESNET_LAYOUTS:
             raise ValueError(f"backbone: expected one of {sorted(RESNET_LAYOUTS)}, got {name!r}")
+        if output_stride not in STAGE_LAYOUTS:
+            raise ValueError(f"output_stride: expected one of {sorted(STAGE_LAYOUTS)}, got {output_stride!r}")
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width: expected a positive int, got {width!r}")
         kind, depths = RESNET_LAYOUTS[name]
@@ -97,11 +101,12 @@ class DilatedResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         in_channels, previous_dilation = width, 1
-        for i, (depth, stride, dilation) in enumerate(zip(depths, STAGE_STRIDES, STAGE_DILATIONS)):
+        for i, (depth, stride, dilation) in enumerate(zip(depths, *STAGE_LAYOUTS[output_stride])):
             planes = width * 2**i
             layer = self._make_layer(block, in_channels, planes, depth, stride, dilation, previous_dilation)
             self.add_module(f"layer{i + 1}", layer)
             in_channels, previous_dilation = planes * block.expansion, dilation
+        self.stage_channels = tuple(width * 2**i * block.expansion for i in range(4))
         self.layer3_channels = 4 * width * block.expansion
         self.layer4_channels = 8 * width * block.expansion
         self.frozen_stages = -1
@@ -153,3 +158,12 @@ class DilatedResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c3 = self.layer3(self.layer2(self.layer1(x)))
         return c3, self.layer4(c3)
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x B×3×H×W -> [layer1, layer2, layer3, layer4] maps (``stage_channels`` channels)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out = []
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+            out.append(x)
+        return out

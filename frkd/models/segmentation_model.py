@@ -18,14 +18,20 @@ class SegOutput(NamedTuple):
 
 
 class SegmentationModel(nn.Module):
-    """``forward(x B×3×H×W) -> SegOutput``; ``backbone`` returns (layer3, layer4) maps."""
+    """``forward(x B×3×H×W) -> SegOutput``; ``backbone`` returns (layer3, layer4) maps.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: Optional[nn.Module], feat_channels: int):
+    ``feature_path`` / ``logits_path``: the modules that emit ``feat`` and ``logits`` (what a
+    ``frkd.distill.Distiller`` hooks).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, aux_head: Optional[nn.Module], feat_channels: int, *,
+                 feature_path: str, logits_path: str):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
         self.feat_channels = feat_channels
+        self.feature_path, self.logits_path = feature_path, logits_path
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         if x.dim() != 4 or x.shape[1] != 3:
