@@ -100,7 +100,8 @@ def mean_count(rows: int, groups: int) -> int:
 
 def _logits(query, key, temperature: float, groups: int):
     """Unit rows -> similarities / τ as R×G×(M/G)."""
-    return (query @ (query if key is None else key).T / temperature).view(query.shape[0], groups, -1)
+    keys = query if key is None else key
+    return (query @ keys.T / temperature).view(query.shape[0], groups, keys.shape[0] // groups)
 
 
 def reference(query_s, query_t, key_s, key_t, groups: int, temperature: float):

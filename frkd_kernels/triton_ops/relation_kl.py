@@ -57,6 +57,7 @@ def _relation_forward_kernel(
         keys = g * per_group + offs
         x = _logits(qs_ptr, ks_ptr, rows, keys, row_ok, key_ok, C_S, inv_tau, BLOCK_R, BLOCK_M, BLOCK_CS)
         y = _logits(qt_ptr, kt_ptr, rows, keys, row_ok, key_ok, C_T, inv_tau, BLOCK_R, BLOCK_M, BLOCK_CT)
+        y_minus_x = y - x
         x = tl.where(key_ok[None, :], x, float("-inf"))
         y = tl.where(key_ok[None, :], y, float("-inf"))
         ms_new = tl.maximum(m_s, tl.max(x, axis=1))
@@ -65,7 +66,7 @@ def _relation_forward_kernel(
         rescale_t = tl.exp(m_t - mt_new)
         e_y = tl.exp(y - mt_new[:, None])
         l_t = l_t * rescale_t + tl.sum(e_y, axis=1)
-        acc = acc * rescale_t + tl.sum(tl.where(key_ok[None, :], e_y * (y - x), 0.0), axis=1)
+        acc = acc * rescale_t + tl.sum(e_y * y_minus_x, axis=1)  # e_y is 0 outside the keys
         m_s, m_t = ms_new, mt_new
     lse_s = m_s + tl.log(l_s)
     lse_t = m_t + tl.log(l_t)
