@@ -10,6 +10,7 @@
 #include "cpu/class_distance_maps.cpp"
 #include "cpu/masked_feature_mse.cpp"
 #include "cpu/prototype_pool.cpp"
+#include "cpu/relation_kl.cpp"
 #include "cpu/teacher_entropy.cpp"
 
 extern "C" {

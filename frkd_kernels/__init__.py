@@ -2,7 +2,7 @@
 
 Importing the package registers the ops, one module per op in ``frkd_kernels.ops`` (contract:
 docs/ops.md). Functional API (shapes in each docstring): ``prototype_pool``,
-``class_distance_maps``, ``masked_feature_mse``, ``teacher_entropy``.
+``class_distance_maps``, ``masked_feature_mse``, ``teacher_entropy``, ``relation_kl``.
 Backend selection: ``use_backend(name)`` > env ``FRKD_BACKEND`` > default (see ``_backend``).
 """
 from __future__ import annotations
@@ -12,9 +12,10 @@ from ._backend import BACKENDS, backends, can_serve, use_backend
 from .ops.class_distance_maps import class_distance_maps
 from .ops.masked_feature_mse import masked_feature_mse
 from .ops.prototype_pool import prototype_pool
+from .ops.relation_kl import relation_kl
 from .ops.teacher_entropy import teacher_entropy
 
 __all__ = [
     "BACKENDS", "backends", "can_serve", "use_backend",
-    "prototype_pool", "class_distance_maps", "masked_feature_mse", "teacher_entropy",
+    "prototype_pool", "class_distance_maps", "masked_feature_mse", "teacher_entropy", "relation_kl",
 ]

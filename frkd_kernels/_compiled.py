@@ -13,6 +13,7 @@ from . import _extension, _library
 from .ops import class_distance_maps as _maps
 from .ops import masked_feature_mse as _mse
 from .ops import prototype_pool as _pool
+from .ops import relation_kl as _relation
 from .ops import teacher_entropy as _entropy
 
 
@@ -103,3 +104,11 @@ class CompiledBackend:
 
     def teacher_entropy(self, logits, temperature):
         return _entropy.compiled(self, logits, temperature)
+
+    def relation_kl(self, query_s, query_t, key_s, key_t, groups, temperature):
+        return _relation.compiled(self, query_s, query_t, key_s, key_t, groups, temperature)
+
+    def relation_kl_backward(self, scale, query_s, query_t, key_s, key_t, lse_s, lse_t, groups, temperature,
+                             need_key):
+        return _relation.compiled_backward(self, scale, query_s, query_t, key_s, key_t, lse_s, lse_t, groups,
+                                           temperature, need_key)

@@ -13,6 +13,7 @@ from ._library import stat_dtype, valid_labels  # noqa: F401  (the rules, for us
 from .ops import class_distance_maps as _maps
 from .ops import masked_feature_mse as _mse
 from .ops import prototype_pool as _pool
+from .ops import relation_kl as _relation
 from .ops import teacher_entropy as _entropy
 
 prototype_pool = _pool.reference
@@ -22,6 +23,8 @@ class_distance_maps_backward = _maps.reference_backward
 masked_feature_mse = _mse.reference
 masked_feature_mse_backward = _mse.reference_backward
 teacher_entropy = _entropy.reference
+relation_kl = _relation.reference
+relation_kl_backward = _relation.reference_backward
 
 
 class TorchBackend:
@@ -57,6 +60,14 @@ class TorchBackend:
 
     def teacher_entropy(self, logits, temperature):
         return _entropy.reference(logits, temperature)
+
+    def relation_kl(self, query_s, query_t, key_s, key_t, groups, temperature):
+        return _relation.reference(query_s, query_t, key_s, key_t, groups, temperature)
+
+    def relation_kl_backward(self, scale, query_s, query_t, key_s, key_t, lse_s, lse_t, groups, temperature,
+                             need_key):
+        return _relation.reference_backward(scale, query_s, query_t, key_s, key_t, lse_s, lse_t, groups,
+                                            temperature, need_key)
 
 
 BACKEND = TorchBackend()

@@ -9,11 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 
+import frkd_kernels
 from bench import run as bench_run
 from bench import step_share
 from bench.measure import MODES
 from bench.workloads import WORKLOADS
+from frkd.losses import cross_image
 
 REPO = Path(__file__).resolve().parent.parent
 PROVIDERS = ["torch", "eager", "cirkd_loop"]
@@ -190,18 +194,37 @@ def test_relations_synthetic_shapes_take_the_benchmarks_term_sizes(tmp_path, cap
     assert "batch 16, K 7, C_s 16, C_t 32" in capsys.readouterr().out
 
 
-def test_relations_chunk_elements_reach_the_measuring_process(tmp_path):
+def test_relations_chunk_elements_reach_the_measuring_process():
     from bench import relations
 
     peaks = {}
     for chunk in (1 << 24, 1 << 18):  # B·N = 4 096: one block of 4 096² similarities, or 64 blocks of 64 rows
-        out = tmp_path / f"rows{chunk}.json"
-        argv = ["--shapes", "synthetic", "--terms", "minibatch_pixel", "--repeats", "0", "--threads", "1",
-                "--chunk-elements", str(chunk), "--json", str(out)]
-        assert relations.main(argv) == 0
-        row, = json.loads(out.read_text())
+        row = relations.measure_provider("minibatch_pixel", "frkd chunked (before the op)", 16, 16, 16, 16, 0, "cpu",
+                                         threads=1, chunk_elements=chunk)
         peaks[chunk] = row["peak_mb"]
     # one block holds 64 MiB of float32 similarities per network; blocks of 2^18 hold 1 MiB
     assert peaks[1 << 24] > peaks[1 << 18] + 64, peaks
     with pytest.raises(SystemExit):
         relations.main(["--chunk-elements", "0"])
+
+
+def test_relations_providers_cover_cirkd_the_chunked_term_and_each_live_backend():
+    from bench import relations
+
+    live = [f"op:{b}" for b in ("cpu", "torch") if frkd_kernels.can_serve(b, "cpu")[0]]
+    assert relations.providers("minibatch_pixel", "cpu") == ["cirkd dense", "frkd chunked (before the op)", *live]
+    assert relations.providers("memory_pixel", "cpu") == ["cirkd dense", *live]
+
+
+def test_relations_providers_agree_with_cirkd():
+    """The dense CIRKD formulas and the chunked term of the bench give the op's values."""
+    from bench import relations
+
+    gen = torch.Generator().manual_seed(0)
+    f_s, f_t = torch.randn(2, 5, 3, 4, generator=gen), torch.randn(2, 6, 3, 4, generator=gen)
+    op = cross_image.minibatch_pixel_relation(f_s, f_t, 0.1)
+    torch.testing.assert_close(relations.cirkd_minibatch(f_s, f_t, 0.1), op)
+    torch.testing.assert_close(relations.chunked_minibatch(f_s, f_t, 0.1, 24 * 5), op)
+    s, t, keys = (F.normalize(torch.randn(n, 4, generator=gen), dim=1) for n in (7, 7, 9))
+    torch.testing.assert_close(relations.cirkd_memory(s, t, keys, 0.1, 2.0),
+                               frkd_kernels.relation_kl(s, t, keys, keys, temperature=0.2) * 4.0)

@@ -16,7 +16,7 @@ import frkd_kernels
 from naive import random_feat, random_labels, with_layout
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PUBLIC_OPS = ("prototype_pool", "class_distance_maps", "masked_feature_mse", "teacher_entropy")
+PUBLIC_OPS = ("prototype_pool", "class_distance_maps", "masked_feature_mse", "teacher_entropy", "relation_kl")
 CODE_SUFFIXES = {".py", ".cpp", ".cu", ".h", ".cuh"}
 
 
@@ -35,8 +35,10 @@ def _code_text(under: pathlib.Path = ROOT) -> str:
     return "\n".join(texts)
 
 
-BACKWARD_OPS = ("prototype_pool_backward", "class_distance_maps_backward", "masked_feature_mse_backward")
-FORWARD_OPS = ("prototype_pool_forward", "class_distance_maps_forward", "masked_feature_mse_forward")
+BACKWARD_OPS = ("prototype_pool_backward", "class_distance_maps_backward", "masked_feature_mse_backward",
+                "relation_kl_backward")
+FORWARD_OPS = ("prototype_pool_forward", "class_distance_maps_forward", "masked_feature_mse_forward",
+               "relation_kl_forward")
 K = 3
 
 
@@ -107,7 +109,20 @@ def _op_calls(backend: str, device: str, permuted: bool):
     protos = with_layout(protos, layout).requires_grad_()
     maps = torch.randn(2, B, H, W, generator=gen).to(device)
     grad_protos = torch.randn(B, K, C, generator=gen).to(device)
+    # relation_kl: rows (column-major when permuted); its private ops take unit rows
+    rows = [torch.randn(n, C, generator=gen).to(device) for n in (6, 6, 4, 4)]
+    rows = [r.T.contiguous().T if permuted else r for r in rows]
+    units = [torch.nn.functional.normalize(r, dim=1) for r in rows]
+    rows[0].requires_grad_()
+    units[0].requires_grad_()
+    with torch.no_grad(), frkd_kernels.use_backend(backend):
+        _, lse_s, lse_t, _ = ops.relation_kl_forward(*units, 2, 0.5)
     return {
+        "relation_kl": (ops.relation_kl, (*rows, 2, 0.5)),
+        "relation_kl_forward": (ops.relation_kl_forward, (*units, 2, 0.5)),
+        "relation_kl_backward": (ops.relation_kl_backward,
+                                 (torch.tensor(0.5, device=device), units[0].detach(), *units[1:], lse_s, lse_t,
+                                  2, 0.5, True, recorded)),
         "prototype_pool": (ops.prototype_pool, (feat, labels, K, 255)),
         "class_distance_maps": (ops.class_distance_maps, (feat, labels, protos, counts, 255, 1e-8)),
         "class_distance_maps_forward": (ops.class_distance_maps_forward, (feat, labels, protos, counts, 255, 1e-8)),
@@ -150,7 +165,10 @@ def _all_ops(feat, teacher, labels, logits):
     protos, counts = frkd_kernels.prototype_pool(feat, labels, K)
     intra, inter = frkd_kernels.class_distance_maps(feat, labels, protos, counts)
     weight = entropy * (pred == labels.long())
-    return frkd_kernels.masked_feature_mse(feat, teacher, weight) + (intra - inter).square().mean()
+    relation = frkd_kernels.relation_kl(feat.flatten(2).transpose(1, 2).reshape(-1, feat.shape[1]),
+                                        teacher.flatten(2).transpose(1, 2).reshape(-1, teacher.shape[1]),
+                                        groups=feat.shape[0], temperature=0.5)
+    return frkd_kernels.masked_feature_mse(feat, teacher, weight) + (intra - inter).square().mean() + relation
 
 
 def test_torch_compile_fullgraph_forward_and_backward(backend_device):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import frkd_kernels
 import naive
 from frkd.losses import (DATASET_DEFAULTS, LOSSES, RECIPES, add_loss_args, build_loss, loss_options,
                          resolved_loss_options)
@@ -165,27 +166,34 @@ def test_feature_cwd_gradcheck():
 
 # --- CIRKD mini-batch pixel relation --------------------------------------------------------------
 
-@pytest.mark.parametrize("chunk_rows", [None, 1, 5])
+# the backends of frkd_kernels.relation_kl that take float64 CPU tensors in this process
+RELATION_BACKENDS = [b for b in ("cpu", "torch") if frkd_kernels.can_serve(b, "cpu")[0]]
+
+
+@pytest.mark.parametrize("backend", RELATION_BACKENDS)
 @pytest.mark.parametrize("B, C_s, C_t, H, W", [(1, 3, 3, 2, 3), (3, 2, 5, 3, 2)])
-def test_minibatch_pixel_relation_matches_the_pairwise_loops(B, C_s, C_t, H, W, chunk_rows):
+def test_minibatch_pixel_relation_matches_the_pairwise_loops(B, C_s, C_t, H, W, backend):
     gen = torch.Generator().manual_seed(B)
     f_s, f_t = make(gen, B, C_s, H, W, grad=False), make(gen, B, C_t, H, W, grad=False)
-    got = minibatch_pixel_relation(f_s, f_t, 0.1, chunk_rows=chunk_rows)
+    with frkd_kernels.use_backend(backend):
+        got = minibatch_pixel_relation(f_s, f_t, 0.1)
     assert got.item() == pytest.approx(naive_minibatch(f_s, f_t, 0.1), rel=1e-4)
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 3])
-def test_minibatch_pixel_relation_gradcheck_and_teacher_untouched(chunk_rows):
+@pytest.mark.parametrize("backend", RELATION_BACKENDS)
+def test_minibatch_pixel_relation_gradcheck_and_teacher_untouched(backend):
     gen = torch.Generator().manual_seed(2)
     f_s = torch.randn(2, 3, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     f_t = torch.randn(2, 4, 2, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda f: minibatch_pixel_relation(f, f_t, 0.5, chunk_rows), (f_s,))
-    minibatch_pixel_relation(f_s, f_t, 0.5, chunk_rows).backward()
+    with frkd_kernels.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda f: minibatch_pixel_relation(f, f_t, 0.5), (f_s,))
+        minibatch_pixel_relation(f_s, f_t, 0.5).backward()
     assert f_t.grad is None
 
 
-def test_minibatch_pixel_relation_gradient_equals_the_dense_autograd_one():
-    """The chunked backward (p_S − p_T, recomputed per chunk) against autograd through the whole
+@pytest.mark.parametrize("backend", RELATION_BACKENDS)
+def test_minibatch_pixel_relation_gradient_equals_the_dense_autograd_one(backend):
+    """The op's backward (p_S − p_T recomputed per tile) against autograd through the whole
     B·N×B·N similarity, written here in float64."""
     gen = torch.Generator().manual_seed(3)
     f_s = torch.randn(3, 4, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -196,8 +204,9 @@ def test_minibatch_pixel_relation_gradient_equals_the_dense_autograd_one():
     log_s = F.log_softmax((s @ s.T / 0.1).view(B * N, B, N), -1)
     log_t = F.log_softmax((t @ t.T / 0.1).view(B * N, B, N), -1)
     dense, = torch.autograd.grad((log_t.exp() * (log_t - log_s)).sum() / (N * B * B), f_s)
-    chunked, = torch.autograd.grad(minibatch_pixel_relation(f_s, f_t, 0.1, chunk_rows=4), f_s)
-    torch.testing.assert_close(chunked, dense)
+    with frkd_kernels.use_backend(backend):
+        tiled, = torch.autograd.grad(minibatch_pixel_relation(f_s, f_t, 0.1), f_s)
+    torch.testing.assert_close(tiled, dense)
 
 
 # --- CIRKD memory banks -------------------------------------------------------------------------

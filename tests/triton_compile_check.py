@@ -89,11 +89,21 @@ def _class_distance_maps():
                                                "grad_ptr": "bf16"}, (), {"BLOCK_C": cdm.FINALIZE_MAX_BLOCK_C})
 
 
+def _relation_kl():
+    rel = _module("relation_kl")
+    rows = dict.fromkeys(("qs_ptr", "qt_ptr", "ks_ptr", "kt_ptr", "lse_s_ptr", "lse_t_ptr"), "fp32")
+    blocks = {"BLOCK_R": rel.BLOCK_ROWS, "BLOCK_M": rel.BLOCK_KEYS, "BLOCK_CS": rel.MAX_BLOCK_C,
+              "BLOCK_CT": rel.MAX_BLOCK_C}
+    _compile(rel._relation_forward_kernel, {**rows, "kl_ptr": "fp32"}, ("inv_tau",), blocks)
+    for kernel in (rel._relation_grad_query_kernel, rel._relation_grad_key_kernel):
+        _compile(kernel, {**rows, "scale_ptr": "fp32", "grad_ptr": "fp32"}, ("inv_tau",), {**blocks, "WIDTH_S": 128})
+
+
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("triton_compile_check: unset TRITON_INTERPRET (the interpreter patches triton.language)", file=sys.stderr)
         return 2
-    for family in (_teacher_entropy, _masked_feature_mse, _prototype_pool, _class_distance_maps):
+    for family in (_teacher_entropy, _masked_feature_mse, _prototype_pool, _class_distance_maps, _relation_kl):
         family()
     return 0
 

@@ -31,84 +31,17 @@ from .base import DistillationLoss, check_same_grid, valid_pixels
 PIXEL_UPDATE_FREQ = 16  # pixels per class and image added to the pixel bank (CIRKD)
 
 
-def similarity_kd(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """T²·Σ_rows KL(softmax(t/T) ‖ softmax(s/T)) / #rows over the last dim; rows×M inputs (0 rows -> 0)."""
-    log_s = F.log_softmax(s_logits / temperature, dim=-1)
-    log_t = F.log_softmax(t_logits.detach() / temperature, dim=-1)
-    return (log_t.exp() * (log_t - log_s)).sum() / max(1, s_logits.shape[0]) * temperature ** 2
-
-
-def pixel_embeddings(feat: torch.Tensor) -> torch.Tensor:
-    """feat B×C×H×W -> B×N×C, each row L2-normalised."""
-    return F.normalize(feat, p=2, dim=1).flatten(2).transpose(1, 2)
-
-
-# similarities held at once per network: 64 MiB in float32 on a GPU; 4 MiB on a CPU, where a block that
-# stays in cache makes the term ≈ 2.5× faster than one 4096×4096 block even though the backward recomputes it
-CHUNK_ELEMENTS = {"cuda": 1 << 24, "cpu": 1 << 20}
-
-
-def _block_log_softmax(e: torch.Tensor, rows: slice, temperature: float, B: int) -> torch.Tensor:
-    """log_softmax of e[rows]·eᵀ/τ over each image's N columns: e B·N×C -> rows×B×N."""
-    sim = e[rows] @ e.T / temperature
-    return F.log_softmax(sim.view(sim.shape[0], B, -1), dim=-1)
-
-
-class _PairRelationKL(torch.autograd.Function):
-    """Σ over the B·N rows of the B blocks of KL(softmax(T) ‖ softmax(S)), S = s·sᵀ/τ, T = t·tᵀ/τ,
-    / (N·B²), computed ``chunk`` rows at a time in both passes: the B·N×B·N similarities are never
-    held whole (the backward recomputes each chunk; with one chunk it keeps p_S − p_T instead).
-    s B·N×C_s (grad), t B·N×C_t (no grad)."""
-
-    @staticmethod
-    def forward(ctx, s, t, temperature: float, B: int, chunk: int):
-        total = s.new_zeros((), dtype=torch.float64)
-        for start in range(0, s.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            log_s = _block_log_softmax(s, rows, temperature, B)
-            log_t = _block_log_softmax(t, rows, temperature, B)
-            total += (log_t.exp() * (log_t - log_s)).sum(dtype=torch.float64)
-        if chunk >= s.shape[0]:  # one chunk: keep p_S − p_T rather than recompute it
-            ctx.save_for_backward(s, (log_s.exp() - log_t.exp()).flatten(1))
-        else:
-            ctx.save_for_backward(s, t)
-        ctx.meta = (temperature, B, chunk)
-        N = s.shape[0] // B
-        return (total / (N * B * B)).to(s.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        s, kept = ctx.saved_tensors
-        temperature, B, chunk = ctx.meta
-        N = s.shape[0] // B
-        scale = grad / (N * B * B * temperature)
-        grad_s = torch.zeros_like(s)
-        for start in range(0, s.shape[0], chunk):  # ∂/∂S = p_S − p_T per block row; S = s·sᵀ/τ
-            rows = slice(start, start + chunk)
-            if chunk >= s.shape[0]:
-                g = kept * scale
-            else:
-                g = (_block_log_softmax(s, rows, temperature, B).exp()
-                     - _block_log_softmax(kept, rows, temperature, B).exp()).flatten(1) * scale
-            grad_s[rows] += g @ s
-            grad_s += g.T @ s[rows]
-        return grad_s, None, None, None, None
-
-
-def minibatch_pixel_relation(f_s: torch.Tensor, f_t: torch.Tensor, temperature: float,
-                             chunk_rows: int | None = None) -> torch.Tensor:
+def minibatch_pixel_relation(f_s: torch.Tensor, f_t: torch.Tensor, temperature: float) -> torch.Tensor:
     """CIRKD's mini-batch pixel-to-pixel term (module doc) over the B·N×B·N similarities of each
-    network, with the softmax over each image's N columns, ``chunk_rows`` rows at a time (default:
-    ``CHUNK_ELEMENTS`` similarities of the device). f_s B×C_s×H×W, f_t B×C_t×H×W -> scalar."""
-    B, N = f_s.shape[0], f_s.shape[2] * f_s.shape[3]
+    network, with the softmax over each image's N columns: ``frkd_kernels.relation_kl`` with the
+    pixels as queries and keys and one key group per image (tiled; the similarities are never held
+    whole). f_s B×C_s×H×W, f_t B×C_t×H×W -> scalar (float32, float64 for float64 features)."""
+    B = f_s.shape[0]
     dt = torch.float64 if f_s.dtype == torch.float64 else torch.float32  # softmax over N·B columns
     with torch.autocast(f_s.device.type, enabled=False):
-        s = pixel_embeddings(f_s.to(dt)).reshape(B * N, -1)
-        t = pixel_embeddings(f_t.detach().to(dt)).reshape(B * N, -1)
-        elements = CHUNK_ELEMENTS["cpu" if f_s.device.type == "cpu" else "cuda"]
-        chunk = chunk_rows or max(1, elements // (B * N))
-        return _PairRelationKL.apply(s, t, temperature, B, chunk)
+        s = f_s.to(dt).flatten(2).transpose(1, 2).reshape(-1, f_s.shape[1])
+        t = f_t.detach().to(dt).flatten(2).transpose(1, 2).reshape(-1, f_t.shape[1])
+        return frkd_kernels.relation_kl(s, t, groups=B, temperature=temperature)
 
 
 class MiniBatchPixel(DistillationLoss):
@@ -218,6 +151,9 @@ class MemoryContrast(DistillationLoss):
         return out
 
     def relation(self, s: torch.Tensor, t: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """KL_T(t·Mᵀ/τ ‖ s·Mᵀ/τ) averaged over the anchors: s, t A×C_t unit rows, negatives M×C_t."""
-        tau = self.contrast_temperature
-        return similarity_kd(s @ negatives.T / tau, t @ negatives.T / tau, self.contrast_kd_temperature)
+        """KL_T(t·Mᵀ/τ ‖ s·Mᵀ/τ) averaged over the anchors: s, t A×C_t unit rows, negatives M×C_t.
+        ``frkd_kernels.relation_kl`` at temperature τ·T (it takes the softmax of the cosines / (τ·T)),
+        times T²; 0 without anchors."""
+        kd = self.contrast_kd_temperature
+        return frkd_kernels.relation_kl(s, t, negatives, negatives,
+                                        temperature=self.contrast_temperature * kd) * kd ** 2

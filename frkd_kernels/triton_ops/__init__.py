@@ -18,11 +18,13 @@ from ._common import INTERPRET
 from .class_distance_maps import class_distance_maps, class_distance_maps_backward
 from .masked_feature_mse import masked_feature_mse, masked_feature_mse_backward
 from .prototype_pool import prototype_pool, prototype_pool_backward
+from .relation_kl import relation_kl, relation_kl_backward
 from .teacher_entropy import teacher_entropy
 
 __all__ = [
     "BACKEND", "TritonBackend", "prototype_pool", "prototype_pool_backward", "class_distance_maps",
     "class_distance_maps_backward", "masked_feature_mse", "masked_feature_mse_backward", "teacher_entropy",
+    "relation_kl", "relation_kl_backward",
 ]
 
 
@@ -75,6 +77,14 @@ class TritonBackend:
 
     def teacher_entropy(self, logits, temperature):
         return teacher_entropy(logits, temperature)
+
+    def relation_kl(self, query_s, query_t, key_s, key_t, groups, temperature):
+        return relation_kl(query_s, query_t, key_s, key_t, groups, temperature)
+
+    def relation_kl_backward(self, scale, query_s, query_t, key_s, key_t, lse_s, lse_t, groups, temperature,
+                             need_key):
+        return relation_kl_backward(scale, query_s, query_t, key_s, key_t, lse_s, lse_t, groups, temperature,
+                                    need_key)
 
 
 BACKEND = TritonBackend()

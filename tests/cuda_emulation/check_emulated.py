@@ -78,7 +78,8 @@ def build(build_dir: str) -> None:
             sources.append(target)
     stub = os.path.join(HERE, "stub")
     load(name="frkd_cuda_emulated", sources=sources, is_python_module=False,
-         extra_include_paths=[stub, os.path.join(build_dir, "src")],
+         extra_include_paths=[stub, os.path.join(build_dir, "src"),
+                             os.path.join(ROOT, "csrc")],  # bind_relation_kl.cpp includes cpu/relation_kl.h
          extra_cflags=["-std=c++20", "-O1", "-include", os.path.join(stub, "emu.h"), "-Wno-unknown-pragmas"],
          extra_ldflags=["-lpthread"], build_directory=build_dir)
 
