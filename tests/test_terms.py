@@ -245,6 +245,28 @@ def test_pixel_bank_keeps_at_most_16_pixels_per_class_and_image():
     assert (dist.min(1).values < 1e-6).all() and dist.argmin(1).unique().numel() == 16  # 16 distinct pixels
 
 
+@pytest.mark.parametrize("cirkd_enqueue", [False, True])
+def test_pixel_bank_takes_the_class_pixels_or_cirkds_raster_positions(cirkd_enqueue):
+    """Class 1 fills the bottom 2 rows of a 6×4 image (8 pixels, raster positions 16..23). frkd enqueues
+    those 8 pixels; CIRKD's code (``this_feat[:, perm[:K]]``, K = min(8, 16)) takes positions 0..7,
+    which are class 0's."""
+    torch.manual_seed(4)
+    mem = MemoryContrast(num_classes=2, student_channels=3, teacher_channels=4, lambda_memory_pixel=0.1,
+                         lambda_memory_region=0.1, contrast_temperature=0.1, contrast_kd_temperature=1.0,
+                         pixel_memory_size=40, region_memory_size=5, pixel_contrast_size=8, region_contrast_size=8,
+                         pixel_memory_cirkd_enqueue=cirkd_enqueue)
+    t_emb = F.normalize(torch.randn(1, 4, 6, 4), dim=1)
+    y = torch.zeros(1, 6, 4, dtype=torch.long)
+    y[0, 4:] = 1
+    mem.enqueue(t_emb, y)
+    pixels = t_emb[0].flatten(1).T  # 24×4 in raster order
+    assert mem.pixel_ptr.tolist() == [16, 8]
+    expected = pixels[:8] if cirkd_enqueue else pixels[16:]
+    np.testing.assert_allclose(sorted_rows(f64(mem.pixel_bank[1, :8])), sorted_rows(f64(expected)), atol=1e-6)
+    class0 = torch.cdist(mem.pixel_bank[0, :16], pixels).argmin(1)  # 16 distinct positions among 0..15 (CIRKD)
+    assert class0.unique().numel() == 16 and (class0 < 16).all()
+
+
 def test_memory_terms_match_naive_contrast_over_the_whole_bank():
     """With contrast sizes ≥ the banks, every slot is a negative (their order does not matter)."""
     torch.manual_seed(2)

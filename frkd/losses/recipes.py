@@ -63,6 +63,9 @@ OPTIONS = (
            "pixel negatives per anchor (// K + 1 per class)"),
     Option("region_contrast_size", ("--region-contrast-size",), int, 1024, "--region-contrast-size",
            "region negatives per anchor (// K + 1 per class)"),
+    Option("pixel_memory_cirkd_enqueue", ("--pixel-memory-cirkd-enqueue",), bool, False, None,
+           "fill a class's pixel bank from random raster positions below its pixel count, whatever their class, "
+           "as CIRKD's losses/cirkd_memory.py does (default: that class's own pixels)"),
     Option("lambda_feat", ("--lambda-feat",), float, 0.0, None, "FRKD masked feature MSE"),
     Option("lambda_intra", ("--lambda-intra",), float, 0.0, None, "FRKD intra-class term (φ(F_S), / #valid)"),
     Option("lambda_inter", ("--lambda-inter",), float, 0.0, None, "FRKD inter-class term (φ(F_S))"),
