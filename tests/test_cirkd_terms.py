@@ -8,12 +8,13 @@ import os
 import pytest
 import torch
 
+from frkd.config import build_config
 from frkd.losses import build_loss, resolved_loss_options
 from frkd.losses.channel import GCN, ChannelContrast
 from frkd.losses.structural import (attention_transfer, category_similarity_kd, pairwise_similarity_kd,
                                     pixel_similarity_kd)
 from frkd.models import SegOutput
-from test_train import TINY, run_train
+from frkd.pipeline import run
 
 D64 = torch.float64
 
@@ -282,12 +283,16 @@ def test_dsd_needs_both_weights():
         build_loss("dsd", num_classes=3, student_channels=2, teacher_channels=2, lambda_csd=0.0)
 
 
+TINY_RUN = dict(crop_size=(32, 32), batch_size=2, width=4, teacher_width=4, student_pretrained_base="none",
+                teacher_pretrained_base="none", teacher_backbone="resnet18", student_model="pspnet",
+                teacher_iterations=1, max_iterations=2, val_per_iters=2, save_per_iters=2, log_per_iters=1,
+                val_batch_size=4, workers=0, train_length=8, val_length=4, threads=1)  # tests/test_train.py's TINY, fewer images
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("teacher"))
-    code, _, stderr = run_train(TINY + ["--teacher-iterations", "1", "--max-iterations", "1", "--method", "kd",
-                                        "--val-length", "4", "--out-dir", out])
-    assert code == 0, stderr
+    run(build_config(method="kd", out_dir=out, **TINY_RUN))
     return os.path.join(out, "teacher.pt")
 
 
@@ -297,11 +302,8 @@ def teacher(tmp_path_factory):
                  "memory_channel"}),
 ])
 def test_each_recipe_trains_and_logs_its_terms(teacher, tmp_path, method, terms):
-    extra = ["--lambda-fitnet", "1"] if method == "cirkdv2" else []
-    code, _, stderr = run_train(TINY + extra + ["--teacher-pretrained", teacher, "--method", method,
-                                                "--max-iterations", "2", "--val-per-iters", "2",
-                                                "--val-length", "4", "--out-dir", str(tmp_path)])
-    assert code == 0, stderr
+    options = {"lambda_fitnet": 1.0} if method == "cirkdv2" else {}
+    run(build_config(method=method, options=options, teacher_ckpt=teacher, out_dir=str(tmp_path), **TINY_RUN))
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     logged = [r for r in rows if r["phase"] == "student" and "lr" in r]
     assert len(logged) == 2 and all(terms <= set(r) and all(math.isfinite(r[t]) for t in terms) for r in logged)
