@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import naive
+import test_cirkd_terms as cirkd_naive
 from frkd.losses import (DATASET_DEFAULTS, LOSSES, RECIPES, add_loss_args, build_loss, loss_options,
                          resolved_loss_options)
 from frkd.losses.adversarial import Discriminator
@@ -396,13 +397,16 @@ def test_per_dataset_overrides():
     assert resolved_loss_options("cirkd", {}, "voc")["lambda_memory_region"] == 0.01
     assert resolved_loss_options("cirkd", {}, "cityscapes")["lambda_memory_pixel"] == 0.1
     assert resolved_loss_options("frkd", {"lambda_intra": 3.0}, "synthetic")["lambda_intra"] == 3.0
-    assert set(DATASET_DEFAULTS) == {"voc", "synthetic"}
+    assert set(DATASET_DEFAULTS) == {"voc", "synthetic", "cityscapes", "ade20k", "coco_stuff_164k"}
+    assert set(DATASET_DEFAULTS["cityscapes"]) == {"cirkdv2"}  # scripts/train_cirkdv2 only
 
 
 EXPECTED_TERMS = {
     "none": set(), "kd": {"kd"}, "ifvd": {"kd", "ifv", "adv"}, "cwd": {"kd", "cwd_fea", "cwd_logit", "adv"},
     "fitnet": {"kd", "fitnet"}, "cirkd": {"kd", "minibatch_pixel", "memory_pixel", "memory_region"},
-    "idd": {"idd"}, "frkd": {"feat", "intra", "inter", "kd"},
+    "idd": {"idd"}, "frkd": {"feat", "intra", "inter", "kd"}, "skd": {"kd", "skd", "adv"}, "at": {"kd", "at"},
+    "dsd": {"psd", "csd"},
+    "cirkdv2": {"kd", "minibatch_pixel", "memory_pixel", "memory_region", "minibatch_channel", "memory_channel"},
 }
 
 
@@ -410,7 +414,9 @@ def recipe_case(seed=8, B=2, K=3, C_s=3, C_t=4, H=3, W=5):
     gen = torch.Generator().manual_seed(seed)
     student = SegOutput(make(gen, B, K, H, W, grad=False), None, make(gen, B, C_s, H, W, grad=False))
     teacher = SegOutput(make(gen, B, K, H, W, grad=False), None, make(gen, B, C_t, H, W, grad=False))
-    return student, teacher, labels(gen, B, H, W, K)
+    y = labels(gen, B, H, W, K)
+    aux_s, aux_t = make(gen, B, K, H, W, grad=False), make(gen, B, K, H, W, grad=False)  # DSD's aux logits
+    return student._replace(aux=aux_s), teacher._replace(aux=aux_t), y
 
 
 def naive_terms(name, loss, student, teacher, y, K):
@@ -430,8 +436,16 @@ def naive_terms(name, loss, student, teacher, y, K):
         want["adv"] = -o["lambda_adv"] * parts["adversarial"].discriminator(student.logits).mean().item()
     if name == "fitnet":
         want["fitnet"] = o["lambda_fitnet"] * naive_fitnet(parts["fitnet"].phi.weight, student.feat, teacher.feat)
-    if name == "cirkd":
+    if name in ("cirkd", "cirkdv2"):
         want["minibatch_pixel"] = o["lambda_minibatch_pixel"] * naive_minibatch(student.feat, teacher.feat, 0.1)
+    d = lambda out: [t.double() for t in (out.aux, out.feat, out.logits)]  # noqa: E731
+    if name == "skd":
+        want["skd"] = o["lambda_skd"] * float(cirkd_naive.naive_skd(d(student)[1], d(teacher)[1]))
+    if name == "at":
+        want["at"] = o["lambda_at"] * float(cirkd_naive.naive_at(d(student)[1], d(teacher)[1]))
+    if name == "dsd":
+        want["psd"] = o["lambda_psd"] * float(cirkd_naive.naive_psd(d(student), d(teacher)))
+        want["csd"] = o["lambda_csd"] * float(cirkd_naive.naive_csd(d(student)[2], d(teacher)[2]))
     if name == "idd":
         protos_s, counts = naive.prototype_pool(student.feat, y, K)
         protos_t, _ = naive.prototype_pool(teacher.feat, y, K)
