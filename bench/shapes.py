@@ -1,5 +1,6 @@
-"""Benchmark shapes: Cityscapes-like and VOC-like feature grids at output stride 8, and the
-image batches of the training-step share.
+"""Benchmark shapes: Cityscapes-like, VOC-like, ADE20K-like and COCO-Stuff-like feature grids at
+output stride 8, a sweep over the class count (K = 19, 150, 182), and the image batches of the
+training-step share.
 
 Per-op workloads use C = C_t (the teacher's width); the IFV term and the FRKD loss use a
 student of width C_s (the FRKD loss projects it to C_t with the 1×1 conv φ). The step share
@@ -50,6 +51,13 @@ CITYSCAPES = tuple(_cityscapes(B, C) for B in (2, 8, 16) for C in (128, 256, 512
 VOC = (Shape("voc-b8-c256", 8, 256, 128, 64, 64, 21), Shape("voc-b16-c512", 16, 512, 128, 64, 64, 21))
 CPU = (Shape("cpu-b2-c128", 2, 128, 64, 64, 128, 19),)
 TINY = Shape("tiny", 1, 16, 8, 8, 16, 5)
+# The class sweep: one feature grid (B 2, C_s 128, C_t 256, 64×128) at Cityscapes' 19, ADE20K's 150 and
+# COCO-Stuff-164k's 182 classes, so time against K is read off one set; and ADE20K / COCO-Stuff crops
+# (512×512 -> 64×64, CIRKD's batch 16 over 8 GPUs = 2 a GPU, and 8) at their own K.
+CLASSES = tuple(Shape(f"k{K}-b2-c256", 2, 256, 128, 64, 128, K) for K in (19, 150, 182))
+ADE20K = (Shape("ade20k-b2-c256", 2, 256, 128, 64, 64, 150), Shape("ade20k-b8-c256", 8, 256, 128, 64, 64, 150))
+COCO_STUFF = (Shape("cocostuff-b2-c256", 2, 256, 128, 64, 64, 182),
+              Shape("cocostuff-b8-c256", 8, 256, 128, 64, 64, 182))
 # Cityscapes crops with CIRKD's models (student features 128, teacher 256 channels); the CPU set
 # is the synthetic benchmark's width-8 student / width-16 ResNet-50 teacher on a smaller crop.
 STEP_CITYSCAPES = StepShape("step-cs-b8", 8, 512, 1024, 19, 64, "resnet101", 64)
@@ -63,6 +71,9 @@ SETS = {
     "cpu": CPU + (STEP_CPU,),
     "headline": (HEADLINE, STEP_CITYSCAPES),
     "tiny": (TINY, STEP_TINY),
+    "classes": CLASSES,
+    "ade20k": ADE20K,
+    "coco_stuff_164k": COCO_STUFF,
 }
 BY_NAME = {s.name: s for group in SETS.values() for s in group}
 

@@ -29,6 +29,7 @@ def dataset_default(field: str) -> str:
     """'default: X' or 'default: synthetic X, cityscapes Y, voc Z' from DATASET_DEFAULTS."""
     shown = {name: _show(DATASET_DEFAULTS[name].get(field, NO_PRETRAINED if field.endswith("pretrained_base") else None))
              for name in DATASETS}
+    shown = {name: "required" if value == "None" else value for name, value in shown.items()}
     if len(set(shown.values())) == 1:
         return f"default: {shown[DATASETS[0]]}"
     return "default: " + ", ".join(f"{name} {value}" for name, value in shown.items())
@@ -48,14 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", "--data-root", dest="data", default=None, metavar="DIR",
                    help="dataset folder, CIRKD --data (not needed for synthetic)")
     g.add_argument("--num-classes", type=int, default=None,
-                   help=f"classes; settable for synthetic only ({d('num_classes')})")
+                   help=f"classes; required for folder, settable for synthetic only ({d('num_classes')})")
     g.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help=f"training crop, CIRKD --crop-size ({d('crop_size')})")
     g.add_argument("--workers", type=int, default=None,
                    help=f"data loader processes per rank, CIRKD --workers ({d('workers')})")
     g.add_argument("--ignore-label", type=int, default=None,
                    help="label of ignored pixels in CE, losses and evaluation, CIRKD --ignore-label (default: 255; "
-                        "the built-in datasets mark ignored pixels 255)")
+                        "the built-in datasets mark ignored pixels 255; folder: the masks' ignore value, 0..255)")
     g.add_argument("--label-noise", type=float, default=None, metavar="FRACTION",
                    help="synthetic: this fraction of the training label maps made noisy (boundaries eroded or "
                         "dilated, objects swapped with their look-alike class), from the data seed; validation "

@@ -52,8 +52,26 @@ DATASET_DEFAULTS = {
                 save_per_iters=1000, log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole", threads=0,
                 align_corners=True, feature_tap="post-dropout"),
 }
+# ADE20K, COCO-Stuff-164k: CIRKD's scripts/train_baseline|train_cirkdv2/<dataset>/deeplabv3_resnet18.sh (crop 512×512,
+# batch 16, LR 0.02, 80 000 iterations); CamVid: train_scripts/train_baseline/camvid/deeplabv3_res18.sh (crop 360×360)
+# with train_baseline.py's argparse defaults (batch 16, LR 0.02, 40 000 iterations); folder: train_kd.py's argparse
+# defaults. All evaluate the whole image, one image a batch, as CIRKD's validation.
+_CIRKD_COMMON = dict(teacher_width=64, width=64, teacher_backbone="resnet101", student_model="deeplabv3",
+                     student_frozen_stages=-1, head_lr_mult=1.0, val_per_iters=4000, save_per_iters=1000,
+                     log_per_iters=50, workers=8, val_batch_size=1, eval_mode="whole", threads=0, align_corners=True,
+                     feature_tap="post-dropout", batch_size=16, lr=0.02)
+DATASET_DEFAULTS.update({
+    "ade20k": dict(_CIRKD_COMMON, num_classes=150, crop_size=(512, 512), max_iterations=80000,
+                   teacher_iterations=80000),
+    "coco_stuff_164k": dict(_CIRKD_COMMON, num_classes=182, crop_size=(512, 512), max_iterations=80000,
+                            teacher_iterations=80000),
+    "camvid": dict(_CIRKD_COMMON, num_classes=11, crop_size=(360, 360), max_iterations=40000,
+                   teacher_iterations=40000),
+    "folder": dict(_CIRKD_COMMON, crop_size=(512, 1024), max_iterations=40000, teacher_iterations=40000),
+})
 DATASETS = tuple(DATASET_DEFAULTS)
-FIXED_CLASSES = {"cityscapes": 19, "voc": 21}
+FIXED_CLASSES = {"cityscapes": 19, "voc": 21, "ade20k": 150, "coco_stuff_164k": 182, "camvid": 11}
+SETTABLE_CLASSES = ("synthetic", "folder")  # datasets whose --num-classes the user sets
 
 
 class ConfigError(ValueError):
@@ -64,7 +82,7 @@ class ConfigError(ValueError):
 class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None                      # dataset folder (CIRKD --data); not needed for synthetic
-    num_classes: int | None = None               # synthetic only (cityscapes 19, voc 21 are fixed)
+    num_classes: int | None = None               # synthetic and folder (required there); fixed for the others
     crop_size: tuple[int, int] | None = None
     workers: int | None = None
     val_batch_size: int | None = None
@@ -305,12 +323,15 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     _check_choice("dataset", d.dataset, DATASETS)
-    if d.dataset == "synthetic":
-        _check_number("num_classes", d.num_classes, low=2)
-    else:
-        if d.num_classes != FIXED_CLASSES[d.dataset]:
-            raise ConfigError(f"--num-classes: applies to --dataset synthetic only ({d.dataset} has "
-                              f"{FIXED_CLASSES[d.dataset]} fixed classes), got {d.num_classes}")
+    if d.dataset == "folder" and d.num_classes is None:
+        raise ConfigError("--num-classes: expected the number of classes of the folder dataset (its masks hold "
+                          "0..N-1), got none")
+    if d.dataset in SETTABLE_CLASSES:
+        _check_number("num_classes", d.num_classes, low=2, high=255 if d.dataset == "folder" else None)
+    elif d.num_classes != FIXED_CLASSES[d.dataset]:
+        raise ConfigError(f"--num-classes: applies to --dataset {' and '.join(SETTABLE_CLASSES)} only ({d.dataset} "
+                          f"has {FIXED_CLASSES[d.dataset]} fixed classes), got {d.num_classes}")
+    if d.dataset != "synthetic":
         if not d.root:
             raise ConfigError(f"--data: expected the {d.dataset} dataset folder, got none")
     if d.root is not None and not os.path.isdir(d.root):
@@ -325,6 +346,9 @@ def validate(config: RunConfig, world_size: int | None = None) -> RunConfig:
     _check_number("ignore_label", d.ignore_label)
     if 0 <= d.ignore_label < d.num_classes:
         raise ConfigError(f"--ignore-label: expected a value outside the class ids 0..{d.num_classes - 1}, "
+                          f"got {d.ignore_label}")
+    if d.dataset == "folder" and d.ignore_label > 255:
+        raise ConfigError(f"--ignore-label: expected a value in {d.num_classes}..255 (a value of the 8-bit masks), "
                           f"got {d.ignore_label}")
     for name in ("train_length", "val_length"):
         _check_number(name, getattr(d, name), low=1, allow_none=True)

@@ -38,9 +38,11 @@ def build_split(data: DataConfig, split: str, train: bool, seed: int):
     """One split of ``data.dataset``; dataset errors (missing files, bad labels) become ConfigError."""
     from .data import build_dataset
 
-    kw = {"num_classes": data.num_classes} if data.dataset == "synthetic" else {}
+    kw = {"num_classes": data.num_classes} if data.dataset in ("synthetic", "folder") else {}
     if train and data.label_noise:
         kw["label_noise"] = data.label_noise
+    if data.dataset == "folder":
+        kw["ignore_label"] = data.ignore_label
     length = data.train_length if train else data.val_length
     if length is not None:
         kw["length"] = length

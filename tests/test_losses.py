@@ -38,7 +38,8 @@ def random_pair(seed=0, B=2, K=3, C_s=4, C_t=4, H=3, W=4, grad=True):
     check that none reaches it)."""
     gen = torch.Generator().manual_seed(seed)
     make = lambda *shape: torch.randn(*shape, generator=gen).requires_grad_(grad)  # noqa: E731
-    return seg(make(B, K, H, W), make(B, C_s, H, W)), seg(make(B, K, H, W), make(B, C_t, H, W))
+    student, teacher = seg(make(B, K, H, W), make(B, C_s, H, W)), seg(make(B, K, H, W), make(B, C_t, H, W))
+    return student._replace(aux=make(B, K, H, W)), teacher._replace(aux=make(B, K, H, W))  # aux: DSD's
 
 
 def random_labels(seed=0, B=2, H=6, W=8, K=3):
@@ -71,7 +72,8 @@ def total(terms):
 
 # --- hand-checkable values --------------------------------------------------------------------
 
-NOT_ZERO_FOR_IDENTICAL = {"adv", "memory_pixel", "memory_region"}  # a critic, a learnt projection head
+NOT_ZERO_FOR_IDENTICAL = {"adv", "memory_pixel", "memory_region", "minibatch_channel", "memory_channel",
+                          "channel_kd"}  # a critic, a learnt projection head (on the student side only)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -302,7 +304,8 @@ def test_feature_terms_values_and_gradients_match_the_oracle(ops):
 # --- gradients --------------------------------------------------------------------------------
 
 USES = {"kd": {"logits"}, "cwd": {"logits", "feat"}, "fitnet": {"logits", "feat", "phi"},
-        "ifvd": {"logits", "feat"}, "idd": {"feat"}, "frkd": {"logits", "feat", "phi"}, "cirkd": {"logits", "feat"}}
+        "ifvd": {"logits", "feat"}, "idd": {"feat"}, "frkd": {"logits", "feat", "phi"}, "cirkd": {"logits", "feat"},
+        "skd": {"logits", "feat"}, "at": {"logits", "feat"}, "cirkdv2": {"logits", "feat"}}
 SMALL_BANKS = dict(pixel_memory_size=32, region_memory_size=8)
 
 

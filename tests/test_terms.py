@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import frkd_kernels
 import naive
+import test_cirkd_terms as cirkd_naive
 from frkd.losses import (DATASET_DEFAULTS, LOSSES, RECIPES, add_loss_args, build_loss, loss_options,
                          resolved_loss_options)
 from frkd.losses.adversarial import Discriminator
@@ -254,6 +255,28 @@ def test_pixel_bank_keeps_at_most_16_pixels_per_class_and_image():
     assert (dist.min(1).values < 1e-6).all() and dist.argmin(1).unique().numel() == 16  # 16 distinct pixels
 
 
+@pytest.mark.parametrize("cirkd_enqueue", [False, True])
+def test_pixel_bank_takes_the_class_pixels_or_cirkds_raster_positions(cirkd_enqueue):
+    """Class 1 fills the bottom 2 rows of a 6×4 image (8 pixels, raster positions 16..23). frkd enqueues
+    those 8 pixels; CIRKD's code (``this_feat[:, perm[:K]]``, K = min(8, 16)) takes positions 0..7,
+    which are class 0's."""
+    torch.manual_seed(4)
+    mem = MemoryContrast(num_classes=2, student_channels=3, teacher_channels=4, lambda_memory_pixel=0.1,
+                         lambda_memory_region=0.1, contrast_temperature=0.1, contrast_kd_temperature=1.0,
+                         pixel_memory_size=40, region_memory_size=5, pixel_contrast_size=8, region_contrast_size=8,
+                         pixel_memory_cirkd_enqueue=cirkd_enqueue)
+    t_emb = F.normalize(torch.randn(1, 4, 6, 4), dim=1)
+    y = torch.zeros(1, 6, 4, dtype=torch.long)
+    y[0, 4:] = 1
+    mem.enqueue(t_emb, y)
+    pixels = t_emb[0].flatten(1).T  # 24×4 in raster order
+    assert mem.pixel_ptr.tolist() == [16, 8]
+    expected = pixels[:8] if cirkd_enqueue else pixels[16:]
+    np.testing.assert_allclose(sorted_rows(f64(mem.pixel_bank[1, :8])), sorted_rows(f64(expected)), atol=1e-6)
+    class0 = torch.cdist(mem.pixel_bank[0, :16], pixels).argmin(1)  # 16 distinct positions among 0..15 (CIRKD)
+    assert class0.unique().numel() == 16 and (class0 < 16).all()
+
+
 def test_memory_terms_match_naive_contrast_over_the_whole_bank():
     """With contrast sizes ≥ the banks, every slot is a negative (their order does not matter)."""
     torch.manual_seed(2)
@@ -383,13 +406,16 @@ def test_per_dataset_overrides():
     assert resolved_loss_options("cirkd", {}, "voc")["lambda_memory_region"] == 0.01
     assert resolved_loss_options("cirkd", {}, "cityscapes")["lambda_memory_pixel"] == 0.1
     assert resolved_loss_options("frkd", {"lambda_intra": 3.0}, "synthetic")["lambda_intra"] == 3.0
-    assert set(DATASET_DEFAULTS) == {"voc", "synthetic"}
+    assert set(DATASET_DEFAULTS) == {"voc", "synthetic", "cityscapes", "ade20k", "coco_stuff_164k"}
+    assert set(DATASET_DEFAULTS["cityscapes"]) == {"cirkdv2"}  # scripts/train_cirkdv2 only
 
 
 EXPECTED_TERMS = {
     "none": set(), "kd": {"kd"}, "ifvd": {"kd", "ifv", "adv"}, "cwd": {"kd", "cwd_fea", "cwd_logit", "adv"},
     "fitnet": {"kd", "fitnet"}, "cirkd": {"kd", "minibatch_pixel", "memory_pixel", "memory_region"},
-    "idd": {"idd"}, "frkd": {"feat", "intra", "inter", "kd"},
+    "idd": {"idd"}, "frkd": {"feat", "intra", "inter", "kd"}, "skd": {"kd", "skd", "adv"}, "at": {"kd", "at"},
+    "dsd": {"psd", "csd"},
+    "cirkdv2": {"kd", "minibatch_pixel", "memory_pixel", "memory_region", "minibatch_channel", "memory_channel"},
 }
 
 
@@ -397,7 +423,9 @@ def recipe_case(seed=8, B=2, K=3, C_s=3, C_t=4, H=3, W=5):
     gen = torch.Generator().manual_seed(seed)
     student = SegOutput(make(gen, B, K, H, W, grad=False), None, make(gen, B, C_s, H, W, grad=False))
     teacher = SegOutput(make(gen, B, K, H, W, grad=False), None, make(gen, B, C_t, H, W, grad=False))
-    return student, teacher, labels(gen, B, H, W, K)
+    y = labels(gen, B, H, W, K)
+    aux_s, aux_t = make(gen, B, K, H, W, grad=False), make(gen, B, K, H, W, grad=False)  # DSD's aux logits
+    return student._replace(aux=aux_s), teacher._replace(aux=aux_t), y
 
 
 def naive_terms(name, loss, student, teacher, y, K):
@@ -417,8 +445,16 @@ def naive_terms(name, loss, student, teacher, y, K):
         want["adv"] = -o["lambda_adv"] * parts["adversarial"].discriminator(student.logits).mean().item()
     if name == "fitnet":
         want["fitnet"] = o["lambda_fitnet"] * naive_fitnet(parts["fitnet"].phi.weight, student.feat, teacher.feat)
-    if name == "cirkd":
+    if name in ("cirkd", "cirkdv2"):
         want["minibatch_pixel"] = o["lambda_minibatch_pixel"] * naive_minibatch(student.feat, teacher.feat, 0.1)
+    d = lambda out: [t.double() for t in (out.aux, out.feat, out.logits)]  # noqa: E731
+    if name == "skd":
+        want["skd"] = o["lambda_skd"] * float(cirkd_naive.naive_skd(d(student)[1], d(teacher)[1]))
+    if name == "at":
+        want["at"] = o["lambda_at"] * float(cirkd_naive.naive_at(d(student)[1], d(teacher)[1]))
+    if name == "dsd":
+        want["psd"] = o["lambda_psd"] * float(cirkd_naive.naive_psd(d(student), d(teacher)))
+        want["csd"] = o["lambda_csd"] * float(cirkd_naive.naive_csd(d(student)[2], d(teacher)[2]))
     if name == "idd":
         protos_s, counts = naive.prototype_pool(student.feat, y, K)
         protos_t, _ = naive.prototype_pool(teacher.feat, y, K)

@@ -78,7 +78,7 @@ def test_cuda_without_a_gpu(tmp_path):
     (["--method", "kd", "--lambda-kd", "nan"], "--lambda-kd: expected a finite number, got nan"),
     (["--method", "kd", "--lambda-kd", "-1"], "--lambda-kd: expected a weight >= 0, got -1.0"),
     (["--method", "none", "--lambda-kd", "1"], "--lambda-kd needs a teacher, but --method none trains without one"),
-    (["--num-classes", "3", "--dataset", "voc", "--data", "."], "--num-classes: applies to --dataset synthetic only"),
+    (["--num-classes", "3", "--dataset", "voc", "--data", "."], "--num-classes: applies to --dataset synthetic and folder only"),
     (["--head-lr-mult", "0"], "--head-lr-mult: expected a finite number > 0, got 0.0"),
     (["--student-frozen-stages", "5"], "--student-frozen-stages: expected an integer >= -1 and <= 4, got 5"),
 ])
@@ -208,9 +208,12 @@ def test_overwrite_replaces_the_run_and_keeps_the_cached_teacher(tmp_path):
 
 def test_help_shows_each_effective_default_once():
     text = " ".join(build_parser().format_help().split())
-    assert f"default: synthetic {SYNTHETIC['max_iterations']}, cityscapes 40000, voc 40000" in text
+    assert (f"default: synthetic {SYNTHETIC['max_iterations']}, cityscapes 40000, voc 40000, ade20k 80000, "
+            "coco_stuff_164k 80000, camvid 40000, folder 40000") in text
     height, width = SYNTHETIC["crop_size"]
-    assert f"default: synthetic {height} {width}, cityscapes 512 1024, voc 512 512" in text
+    assert (f"default: synthetic {height} {width}, cityscapes 512 1024, voc 512 512, ade20k 512 512, "
+            "coco_stuff_164k 512 512, camvid 360 360, folder 512 1024") in text
+    assert "ade20k 150, coco_stuff_164k 182, camvid 11, folder required" in text
     assert "(default: None)" not in text
     for cirkd in ("--teacher-pretrained", "--student-pretrained-base", "--data", "--lr-d", "--ignore-label"):
         assert f"CIRKD {cirkd}" in text, cirkd

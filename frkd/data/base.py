@@ -32,15 +32,15 @@ def as_size(value, name: str) -> tuple[int, int] | None:
     return pair
 
 
-def check_label_values(label: np.ndarray, num_classes: int, path: str) -> None:
-    """Raise naming ``path`` when a value is outside [0, num_classes) ∪ {255}."""
-    bad = ((label < 0) | (label >= num_classes)) & (label != IGNORE_INDEX)
+def check_label_values(label: np.ndarray, num_classes: int, path: str, ignore_label: int = IGNORE_INDEX) -> None:
+    """Raise naming ``path`` when a value is outside [0, num_classes) ∪ {ignore_label}."""
+    bad = ((label < 0) | (label >= num_classes)) & (label != ignore_label)
     if bad.any():
         values = np.unique(label[bad])
         shown = values[:10].tolist()
         raise ValueError(
             f"label {path}: values {shown}{' ...' if len(values) > 10 else ''} are outside "
-            f"[0, {num_classes}) and not {IGNORE_INDEX} (ignore)"
+            f"[0, {num_classes}) and not {ignore_label} (ignore)"
         )
 
 
@@ -72,12 +72,13 @@ class SegmentationDataset(Dataset):
 
     Subclasses set ``num_classes``, ``class_names`` and implement ``__len__`` and
     ``load_pair(index) -> (PIL RGB image, uint8 H×W label array)``. Train: random scale
-    0.5–2.0, pad, random crop to ``crop_size``, h-flip. Val: the full image, or resized to
-    ``resize`` (H, W).
+    0.5–2.0, pad (label ``ignore_label``), random crop to ``crop_size``, h-flip. Val: the full
+    image, or resized to ``resize`` (H, W).
     """
 
     num_classes: int
     class_names: tuple[str, ...]
+    ignore_label: int = IGNORE_INDEX  # the label value of ignored pixels in the samples (0..255)
 
     def __init__(self, split: str, *, crop_size, train: bool, seed: int = 0, resize=None):
         self.split = split
@@ -111,7 +112,8 @@ class SegmentationDataset(Dataset):
         image, label = self.load_pair(index)
         label_image = Image.fromarray(label.astype(np.uint8))
         if self.train:
-            return random_scale_crop_flip(image, label_image, self.crop_size, self.sample_generator(index))
+            return random_scale_crop_flip(image, label_image, self.crop_size, self.sample_generator(index),
+                                          ignore_label=self.ignore_label)
         return val_transform(image, label_image, self.resize)
 
 
@@ -136,7 +138,7 @@ class FileSegmentationDataset(SegmentationDataset):
                 f"label {label_path} is {label.shape[1]}×{label.shape[0]} (W×H) but its image "
                 f"{image_path} is {image.width}×{image.height}"
             )
-        check_label_values(label, self.num_classes, label_path)
+        check_label_values(label, self.num_classes, label_path, self.ignore_label)
         return image, label
 
 
@@ -145,3 +147,26 @@ def require_files(paths, what: str) -> None:
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{what} {path}: no such file")
+
+
+def paired_files(image_dir: str, label_dir: str, image_exts: tuple[str, ...], label_ext: str,
+                 dataset: str) -> list[tuple[str, str]]:
+    """(image, label) paths of every image in ``image_dir`` whose extension is one of ``image_exts``
+    (lower case), paired by file stem with ``label_dir/<stem><label_ext>``, sorted by stem.
+
+    Raises FileNotFoundError naming the missing folder or the first missing label, ValueError when
+    ``image_dir`` holds no image.
+    """
+    for folder, role in ((image_dir, "image"), (label_dir, "label")):
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{dataset}: no {role} folder {folder}")
+    names = sorted(name for name in os.listdir(image_dir) if os.path.splitext(name)[1].lower() in image_exts)
+    if not names:
+        raise ValueError(f"{dataset}: no image ({'/'.join(image_exts)}) in {image_dir}")
+    pairs = []
+    for name in names:
+        label = os.path.join(label_dir, os.path.splitext(name)[0] + label_ext)
+        if not os.path.isfile(label):
+            raise FileNotFoundError(f"label {label}: no such file for image {os.path.join(image_dir, name)}")
+        pairs.append((os.path.join(image_dir, name), label))
+    return pairs

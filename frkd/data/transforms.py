@@ -1,6 +1,6 @@
 """Image/label transforms: ImageNet normalisation, train augmentation, val resize.
 
-Images are PIL RGB, labels PIL "L" (values in [0, K) ∪ {255}); outputs are a float32 3×h×w
+Images are PIL RGB, labels PIL "L" (values in [0, K) ∪ {ignore label, 255 unless a dataset says otherwise}); outputs are a float32 3×h×w
 normalised image tensor and an int64 h×w label tensor.
 """
 import numpy as np
@@ -35,9 +35,9 @@ def _randint(low: int, high: int, generator: torch.Generator) -> int:
 
 def random_scale_crop_flip(
     image: Image.Image, label: Image.Image, crop_size: tuple[int, int], generator: torch.Generator,
-    scale_range: tuple[float, float] = SCALE_RANGE,
+    scale_range: tuple[float, float] = SCALE_RANGE, ignore_label: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random scale, pad (image 0 after normalisation = mean, label 255), random crop, h-flip.
+    """Random scale, pad (image 0 after normalisation = mean, label ``ignore_label``), random crop, h-flip.
 
     Only the crop window is resampled (PIL ``resize(box=...)`` on the sampling grid of the
     full rescale, equal to it up to PIL's rounding), so the cost follows the crop, not the
@@ -58,7 +58,7 @@ def random_scale_crop_flip(
     box = (x0 * width / scaled_w, y0 * height / scaled_h, x1 * width / scaled_w, y1 * height / scaled_h)
     size = (x1 - x0, y1 - y0)
     out_image = torch.zeros(3, crop_h, crop_w)
-    out_label = torch.full((crop_h, crop_w), IGNORE_INDEX, dtype=torch.int64)
+    out_label = torch.full((crop_h, crop_w), ignore_label, dtype=torch.int64)
     rows = slice(y0 - top, y1 - top)
     cols = slice(x0 - left, x1 - left)
     out_image[:, rows, cols] = normalise(image.resize(size, Image.Resampling.BILINEAR, box=box))

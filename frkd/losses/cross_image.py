@@ -71,12 +71,14 @@ class MemoryContrast(DistillationLoss):
 
     Buffers: ``pixel_bank`` K×pixel_memory_size×C_t, ``region_bank`` K×region_memory_size×C_t (random
     unit vectors at start, as CIRKD), and their per-class write pointers. ``head`` is trained with
-    the student.
+    the student. ``pixel_memory_cirkd_enqueue``: fill a class's pixel slots as CIRKD's code does
+    (``enqueue``).
     """
 
     def __init__(self, *, lambda_memory_pixel: float, lambda_memory_region: float, contrast_temperature: float,
                  contrast_kd_temperature: float, pixel_memory_size: int, region_memory_size: int,
-                 pixel_contrast_size: int, region_contrast_size: int, **common):
+                 pixel_contrast_size: int, region_contrast_size: int, pixel_memory_cirkd_enqueue: bool = False,
+                 **common):
         super().__init__(**common)
         for name, value in (("pixel_memory_size", pixel_memory_size), ("region_memory_size", region_memory_size),
                             ("pixel_contrast_size", pixel_contrast_size),
@@ -88,6 +90,7 @@ class MemoryContrast(DistillationLoss):
         K, C_s, C_t = self.num_classes, common["student_channels"], common["teacher_channels"]
         self.lambda_memory_pixel, self.lambda_memory_region = lambda_memory_pixel, lambda_memory_region
         self.contrast_temperature, self.contrast_kd_temperature = contrast_temperature, contrast_kd_temperature
+        self.pixel_memory_cirkd_enqueue = pixel_memory_cirkd_enqueue
         self.pixel_per_class = pixel_contrast_size // K + 1
         self.region_per_class = region_contrast_size // K + 1
         self.head = nn.Sequential(nn.Conv2d(C_s, C_t, 1, bias=False), nn.BatchNorm2d(C_t), nn.ReLU(inplace=True),
@@ -100,7 +103,12 @@ class MemoryContrast(DistillationLoss):
     @torch.no_grad()
     def enqueue(self, t_emb: torch.Tensor, y: torch.Tensor) -> None:
         """Add one batch of normalised teacher embeddings t_emb B×C_t×H×W with labels y B×H×W (valid:
-        0 ≤ y < K, ≠ ignore) to both banks, image after image as CIRKD (gathered over ranks first)."""
+        0 ≤ y < K, ≠ ignore) to both banks, image after image as CIRKD (gathered over ranks first).
+
+        A class with n pixels in an image adds min(n, 16) of them, drawn at random, to its pixel bank;
+        with ``pixel_memory_cirkd_enqueue`` it adds instead the pixels at min(n, 16) random raster
+        positions below n, whatever their class (CIRKD's ``this_feat[:, perm[:K]]``).
+        """
         t_emb, y = gather_across_ranks(t_emb), gather_across_ranks(y)
         K = self.num_classes
         protos, counts = frkd_kernels.prototype_pool(t_emb, y, K, self.ignore_index)  # B×K×C, B×K
@@ -113,16 +121,21 @@ class MemoryContrast(DistillationLoss):
             present = (counts[b] > 0).nonzero()[:, 0]
             self.region_bank[present, self.region_ptr[present]] = regions[b, present].to(self.region_bank.dtype)
             self.region_ptr[present] = (self.region_ptr[present] + 1) % region_size
-            # up to PIXEL_UPDATE_FREQ random pixels per class: sort by (class, random key), rank within class
-            key = torch.where(valid[b], labels[b].to(torch.float64) + torch.rand(labels.shape[1], dtype=torch.float64,
-                                                                                  device=y.device), float("inf"))
-            order = key.argsort()[: int(valid[b].sum())]
-            cls = labels[b, order]
-            first = torch.cumsum(counts[b].long(), 0) - counts[b].long()  # first sorted position of each class
-            rank = torch.arange(order.numel(), device=y.device) - first[cls]
-            keep = rank < PIXEL_UPDATE_FREQ
-            order, cls, rank = order[keep], cls[keep], rank[keep]
             n = counts[b].long().clamp(max=PIXEL_UPDATE_FREQ)  # K
+            if self.pixel_memory_cirkd_enqueue:  # per present class, random raster positions below its count
+                order = torch.cat([torch.randperm(int(counts[b, k]), device=y.device)[:PIXEL_UPDATE_FREQ]
+                                   for k in present.tolist()])
+                cls = present.repeat_interleave(n[present])
+                rank = torch.arange(order.numel(), device=y.device) - (n.cumsum(0) - n)[cls]
+            else:  # up to PIXEL_UPDATE_FREQ random pixels per class: sort by (class, random key), rank within class
+                key = torch.where(valid[b], labels[b].to(torch.float64)
+                                  + torch.rand(labels.shape[1], dtype=torch.float64, device=y.device), float("inf"))
+                order = key.argsort()[: int(valid[b].sum())]
+                cls = labels[b, order]
+                first = torch.cumsum(counts[b].long(), 0) - counts[b].long()  # first sorted position of each class
+                rank = torch.arange(order.numel(), device=y.device) - first[cls]
+                keep = rank < PIXEL_UPDATE_FREQ
+                order, cls, rank = order[keep], cls[keep], rank[keep]
             wraps = self.pixel_ptr + n >= pixel_size
             start = torch.where(wraps, pixel_size - n, self.pixel_ptr)
             self.pixel_bank[cls, start[cls] + rank] = F.normalize(pixels[b, order], dim=1).to(self.pixel_bank.dtype)

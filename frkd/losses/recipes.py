@@ -63,6 +63,29 @@ OPTIONS = (
            "pixel negatives per anchor (// K + 1 per class)"),
     Option("region_contrast_size", ("--region-contrast-size",), int, 1024, "--region-contrast-size",
            "region negatives per anchor (// K + 1 per class)"),
+    Option("pixel_memory_cirkd_enqueue", ("--pixel-memory-cirkd-enqueue",), bool, False, None,
+           "fill a class's pixel bank from random raster positions below its pixel count, whatever their class, "
+           "as CIRKD's losses/cirkd_memory.py does (default: that class's own pixels)"),
+    Option("lambda_skd", ("--lambda-skd",), float, 0.0, "--lambda-skd",
+           "SKD pairwise term: pixel similarities of the 2×2 max-pooled features"),
+    Option("lambda_at", ("--lambda-at",), float, 0.0, "--lambda-at", "attention transfer on the features"),
+    Option("lambda_psd", ("--lambda-psd",), float, 0.0, "--lambda-psd",
+           "DSD pixel similarity over [aux logits, feature, logits] (needs --lambda-csd too, as train_kd.py)"),
+    Option("lambda_csd", ("--lambda-csd",), float, 0.0, "--lambda-csd",
+           "DSD category similarity of the logits (needs --lambda-psd too, as train_kd.py)"),
+    Option("lambda_minibatch_channel", ("--lambda-minibatch-channel",), float, 0.0, "--lambda-minibatch-channel",
+           "CIRKDv2 mini-batch channel-to-channel relation"),
+    Option("lambda_memory_channel", ("--lambda-memory-channel",), float, 0.0, "--lambda-memory-channel",
+           "CIRKDv2 memory-bank channel-to-channel relation"),
+    Option("lambda_channel_kd", ("--lambda-channel-kd",), float, 0.0, "--lambda-channel-kd",
+           "CIRKDv2 channel MSE of the pooled, normalised channel embeddings"),
+    Option("channel_memory_size", ("--channel-memory-size",), int, 10000, "--channel-memory-size",
+           "CIRKDv2 channel bank rows"),
+    Option("channel_contrast_size", ("--channel-contrast-size",), int, 2048, "--channel-contrast-size",
+           "CIRKDv2 channel negatives per anchor"),
+    Option("fitnet_gcn", ("--fitnet-gcn",), bool, False, None,
+           "pass the student feature through CIRKDv2's GCN (losses/gcn.py) before every feature term when "
+           "--lambda-fitnet is set, as train_cirkdv2.py does"),
     Option("lambda_feat", ("--lambda-feat",), float, 0.0, None, "FRKD masked feature MSE"),
     Option("lambda_intra", ("--lambda-intra",), float, 0.0, None, "FRKD intra-class term (φ(F_S), / #valid)"),
     Option("lambda_inter", ("--lambda-inter",), float, 0.0, None, "FRKD inter-class term (φ(F_S))"),
@@ -91,16 +114,30 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
     "cirkd": ({"lambda_kd": 1.0, "lambda_minibatch_pixel": 1.0, "lambda_memory_pixel": 0.1,
                "lambda_memory_region": 0.1}, "train_scripts/train_cirkd/citys/deeplabv3_res18.sh (train_cirkd.py)"),
     "idd": ({"lambda_idd": 20.0}, "none (IDD alone; no CIRKD row)"),
+    "skd": ({"lambda_kd": 1.0, "lambda_skd": 10.0, **ADVERSARIAL}, "scripts/train_kd/train_skd.sh"),
+    "at": ({"lambda_kd": 1.0, "lambda_at": 10000.0}, "scripts/train_kd/train_at.sh"),
+    "dsd": ({"lambda_psd": 1000.0, "lambda_csd": 10.0}, "scripts/train_kd/train_dsd.sh"),
+    "cirkdv2": ({"lambda_kd": 1.0, "lambda_minibatch_pixel": 1.0, "lambda_memory_pixel": 0.1,
+                 "lambda_memory_region": 0.1, "lambda_minibatch_channel": 1.0, "lambda_memory_channel": 0.1,
+                 "fitnet_gcn": True},
+                "train_cirkdv2.py's argparse defaults; per dataset the weights of "
+                "scripts/train_cirkdv2/<dataset>/deeplabv3_resnet18.sh (DATASET_DEFAULTS)"),
     "frkd": ({"lambda_feat": 1.0, "lambda_intra": 20.0, "lambda_inter": 20.0, "lambda_kd": 1.0, "kd_pixels": "fg"},
              "none (FRKD; KD as train_kd.py --lambda-kd 1, on the filter's foreground)"),
 }
 
 # dataset -> recipe -> overrides: the only per-dataset loss defaults. voc: CIRKD's
-# train_scripts/train_cirkd/voc/*.sh; synthetic: chosen by the tuning protocol (python -m frkd.compare
-# --tune: every recipe's weights × {0.03, 0.1, 0.3, 1} on seeds 100-102, × 3 where the best sat at × 1;
-# benchmark v7; docs/method.md).
+# train_scripts/train_cirkd/voc/*.sh; cirkdv2: scripts/train_cirkdv2/<dataset>/deeplabv3_resnet18.sh (voc, which
+# has no ResNet-18 row: its four MobileNetV3 scripts, all --lambda-fitnet 10); synthetic: chosen by the tuning
+# protocol (python -m frkd.compare --tune: every recipe's weights × {0.03, 0.1, 0.3, 1} on seeds 100-102, × 3 where
+# the best sat at × 1; benchmark v7; docs/method.md).
+CIRKDV2_SCRIPT = {"lambda_minibatch_channel": 1.0, "lambda_memory_channel": 0.1, "lambda_channel_kd": 100.0}
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01}},
+    "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01},
+            "cirkdv2": {**CIRKDV2_SCRIPT, "lambda_fitnet": 10.0}},
+    "cityscapes": {"cirkdv2": {**CIRKDV2_SCRIPT, "lambda_fitnet": 1.0}},
+    "ade20k": {"cirkdv2": {**CIRKDV2_SCRIPT, "lambda_fitnet": 1.0}},
+    "coco_stuff_164k": {"cirkdv2": {**CIRKDV2_SCRIPT, "lambda_fitnet": 10.0}},
     "synthetic": {
         "kd": {"lambda_kd": 0.3},                                                                  # × 0.3
         "cwd": {"lambda_kd": 0.1, "lambda_cwd_fea": 5.0, "lambda_cwd_logit": 0.3, "lambda_adv": 1e-04,

@@ -11,9 +11,11 @@ import torch.nn as nn
 from .adversarial import Adversarial
 from .base import DistillationLoss
 from .baselines import IDD, IFV, FeatureCWD, FitNet, LogitCWD, PixelKD
+from .channel import GCN, ChannelContrast
 from .cross_image import MemoryContrast, MiniBatchPixel
 from .frkd import FRKDLoss
 from .recipes import OPTION_DEFAULTS, OPTIONS, RECIPES, resolved_loss_options
+from .structural import AT, DSD, SKD
 
 LOSSES = RECIPES  # recipe names (the values are the recipes' options and CIRKD scripts)
 COMMON_ARGS = ("num_classes", "student_channels", "teacher_channels", "ignore_index")
@@ -36,7 +38,17 @@ COMPONENTS = (
     ("adversarial", Adversarial, lambda o: o["lambda_adv"] != 0 or o["lambda_d"] != 0),
     ("minibatch_pixel", MiniBatchPixel, lambda o: o["lambda_minibatch_pixel"] != 0),
     ("memory", MemoryContrast, lambda o: o["lambda_memory_pixel"] != 0 or o["lambda_memory_region"] != 0),
+    ("skd", SKD, lambda o: o["lambda_skd"] != 0),
+    ("at", AT, lambda o: o["lambda_at"] != 0),
+    ("dsd", DSD, lambda o: o["lambda_psd"] != 0 and o["lambda_csd"] != 0),
+    ("channel", ChannelContrast, lambda o: any(o[k] != 0 for k in CHANNEL_WEIGHTS)),
 )
+CHANNEL_WEIGHTS = ("lambda_minibatch_channel", "lambda_memory_channel", "lambda_channel_kd")
+
+
+def uses_gcn(o: dict) -> bool:
+    """train_cirkdv2.py's rule: the student feature goes through the GCN whenever --lambda-fitnet is set."""
+    return o["fitnet_gcn"] and o["lambda_fitnet"] != 0
 
 
 def option_names(name: str | None = None) -> tuple[str, ...]:
@@ -63,13 +75,17 @@ def check_options(options: dict[str, Any]) -> None:
             raise ValueError(f"{option.flags[0]} must be one of {', '.join(option.choices)}, got {value!r}")
     if options["tau"] is not None and not 0 <= options["tau"] <= 1:
         raise ValueError(f"--tau must lie in [0, 1], got {options['tau']}")
+    if (options["lambda_psd"] == 0) != (options["lambda_csd"] == 0):
+        raise ValueError(f"--lambda-psd and --lambda-csd: DSD needs both > 0 (train_kd.py computes them only "
+                         f"together), got {options['lambda_psd']} and {options['lambda_csd']}")
 
 
 class CompositeLoss(DistillationLoss):
     """The sum of any set of distillation terms; ``forward`` returns each term ×λ by name.
 
     ``components``: ModuleDict of the terms that are on (see ``COMPONENTS``). The adversarial
-    component's discriminator is the only part outside the student optimizer.
+    component's discriminator is the only part outside the student optimizer. ``student_gcn``
+    (only when ``uses_gcn``): CIRKDv2's GCN, applied to the student feature before every term.
     """
 
     def __init__(self, *, options: dict[str, Any], **common):
@@ -77,8 +93,12 @@ class CompositeLoss(DistillationLoss):
         self.options = dict(options)
         self.components = nn.ModuleDict({
             name: cls(**common, **_component_options(cls, options)) for name, cls, on in COMPONENTS if on(options)})
+        if uses_gcn(options):
+            self.student_gcn = GCN(common["student_channels"])
 
     def forward(self, student, teacher, labels) -> dict[str, torch.Tensor]:
+        if hasattr(self, "student_gcn"):
+            student = student._replace(feat=self.student_gcn(student.feat))
         out: dict[str, torch.Tensor] = {}
         for component in self.components.values():
             out.update(component(student, teacher, labels))
