@@ -36,7 +36,7 @@ Grid = tuple[int, int] | Callable[[torch.Tensor], tuple[int, int]] | None
 
 
 class Captured(NamedTuple):
-    """``Distiller.capture``: what ``student(images)`` returned, and both sides' ``SegOutput(logits, None,
+    """``Distiller.capture``: what ``student(images)`` returned, and both sides' ``SegOutput(logits, aux,
     feat)`` on the common grid."""
 
     student: Any
@@ -49,7 +49,8 @@ class DistillOutput(NamedTuple):
 
     student: what ``student(images)`` returned, untouched; terms: {term name: weighted scalar} as
     ``build_loss`` returns them; loss: their sum (float32); student_maps / teacher_maps: the
-    ``SegOutput(logits, None, feat)`` the loss saw, on the common grid.
+    ``SegOutput(logits, aux, feat)`` the loss saw, on the common grid (aux: the auxiliary logits of a model
+    that returns them as ``.aux``, as frkd's own do; else None).
     """
 
     student: Any
@@ -279,13 +280,18 @@ class Distiller(nn.Module):
         if self.teacher.training:
             self.teacher.eval()
         with torch.no_grad(), _Recorder(self._modules_of["teacher"], self._names_of["teacher"]) as rec:
-            self.teacher(images)
+            teacher_out = self.teacher(images)
             teacher_maps = self._maps(rec, "teacher", images)
         with _Recorder(self._modules_of["student"], self._names_of["student"]) as rec:
             student_out = self.student(images)
             student_maps = self._maps(rec, "student", images)
         size = (teacher_maps if self.align_to == "teacher" else student_maps).feat.shape[-2:]
-        student_maps = SegOutput(resize(student_maps.logits, size), None, resize(student_maps.feat, size))
-        teacher_maps = SegOutput(resize(teacher_maps.logits, size), None, resize(teacher_maps.feat, size))
-        return Captured(student_out, student_maps, teacher_maps)
+
+        def on_grid(maps: SegOutput, out) -> SegOutput:
+            # the auxiliary logits (DSD's PSD) of a model that returns them, as frkd's SegOutput models do
+            aux = getattr(out, "aux", None)
+            return SegOutput(resize(maps.logits, size), resize(aux, size) if isinstance(aux, torch.Tensor) else None,
+                             resize(maps.feat, size))
+
+        return Captured(student_out, on_grid(student_maps, student_out), on_grid(teacher_maps, teacher_out))
 

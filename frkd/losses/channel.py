@@ -23,7 +23,6 @@ q, k, v = 1×1 convs C→C/2 of x, A = softmax over positions of (q/√(C/2))·k
 """
 from __future__ import annotations
 
-import frkd_kernels
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,6 +56,15 @@ class GCN(nn.Module):
         graph = (attention @ v).transpose(1, 2).reshape(B, -1, H, W)
         return self.fuse(torch.cat([x, self.expand(graph)], dim=1))
 
+
+
+def similarity_kd(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T²·Σ_rows KL(softmax(t/T) ‖ softmax(s/T)) / #rows over the last dim; rows×M inputs (0 rows -> 0). The memory
+    channel relation takes CIRKD's dot products with the bank as they are: ``frkd_kernels.relation_kl`` would
+    renormalise the float32 bank rows, a 1e-8 relative difference from CIRKD's values."""
+    log_s = F.log_softmax(s_logits / temperature, dim=-1)
+    log_t = F.log_softmax(t_logits.detach() / temperature, dim=-1)
+    return (log_t.exp() * (log_t - log_s)).sum() / max(1, s_logits.shape[0]) * temperature ** 2
 
 def channel_embeddings(feat: torch.Tensor) -> torch.Tensor:
     """4×4 average pool (ceil mode), then each channel's row over the pooled positions, L2-normalised:
@@ -140,10 +148,8 @@ class ChannelContrast(DistillationLoss):
         if self.lambda_memory_channel != 0:
             bank = self.channel_bank
             negatives = bank[torch.randperm(bank.shape[0], device=bank.device)[:self.channel_contrast_size]]
-            # KL_T(t·Mᵀ/τ ‖ s·Mᵀ/τ) over the rows, times T² (unit rows and bank rows: the op's cosines are the dot
-            # products)
-            kd = self.contrast_kd_temperature
-            out["memory_channel"] = self.lambda_memory_channel * kd ** 2 * frkd_kernels.relation_kl(
-                s_rows, t_rows, negatives.to(s.dtype), negatives.to(s.dtype),
-                temperature=self.contrast_temperature * kd)
+            tau = self.contrast_temperature
+            out["memory_channel"] = self.lambda_memory_channel * similarity_kd(
+                s_rows @ negatives.T.to(s.dtype) / tau, t_rows @ negatives.T.to(s.dtype) / tau,
+                self.contrast_kd_temperature)
         return out
