@@ -215,7 +215,7 @@ def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):
     for chart in ("gains.png", "curves.png"):
         with open(os.path.join(out, chart), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert f"`python -m frkd.compare {' '.join(argv)}`" in table and "on the training crops" in table
+    assert f"`python -m frkd.compare {' '.join(argv)}`" in table and f"on {TINY['train_length']} training crops" in table
     assert os.path.exists(os.path.join(out, "teacher.pt"))
     assert json.load(open(os.path.join(out, "config.json")))["max_iterations"] == TINY["max_iterations"]
     run_summary = json.load(open(os.path.join(out, "runs", "kd-s7", "summary.json")))
