@@ -244,12 +244,11 @@ def obtain_teacher(args, out_dir: str, device: str) -> dict:
         teacher.miou, teacher.per_class_iou = result["miou"], result["per_class_iou"]
     path = args.teacher_ckpt or os.path.join(out_dir, "teacher.pt")
     mc = teacher.config
+    crops = run.replace(train_length=min(run.data.train_length, benchmark.QUICK_ERROR_IMAGES)) if args.quick else run
     return {"name": f"{mc['arch']}-{mc['backbone']} (width {mc['width']})", "path": os.path.abspath(path),
             "miou": teacher.miou, "per_class_iou": teacher.per_class_iou, "device": device,
             "iterations": None if args.teacher_ckpt else run.optim.teacher_iterations,
-            "train_error": training_crop_error(
-                model, run.replace(train_length=min(run.data.train_length, benchmark.QUICK_ERROR_IMAGES))
-                if args.quick else run, env),
+            "train_error": training_crop_error(model, crops, env), "train_error_crops": crops.data.train_length,
             "class_names": list(getattr(val_set, "class_names", []))}
 
 

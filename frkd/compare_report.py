@@ -133,8 +133,8 @@ def _header(teacher: dict, bench, seeds: list[int], none_mean: float | None, fla
     d, m, o = bench.data, bench.model, bench.optim
     gap = 100 * teacher["miou"] - none_mean if none_mean is not None else None
     trained = f", {teacher['iterations']} iterations" if teacher.get("iterations") else ""
-    error = (f", pixel error rate {100 * teacher['train_error']:.2f}% on the training crops (epoch 0's augmentation, "
-             "clean labels)") if teacher.get("train_error") is not None else ""
+    error = (f", pixel error rate {100 * teacher['train_error']:.2f}% on {teacher.get('train_error_crops', 'the')} "
+             "training crops (epoch 0's augmentation, clean labels)") if teacher.get("train_error") is not None else ""
     noise = f" --label-noise {d.label_noise:g}" if d.label_noise else ""
     lines = [f"Teacher {teacher['name']}{trained}: mIoU {100 * teacher['miou']:.2f} on the fixed val set{error}. "
              f"Student {m.student_model}-{m.student_backbone} (width {m.width}), {o.max_iterations} iterations per "

@@ -215,7 +215,7 @@ def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):
     for chart in ("gains.png", "curves.png"):
         with open(os.path.join(out, chart), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert f"`python -m frkd.compare {' '.join(argv)}`" in table and "on the training crops" in table
+    assert f"`python -m frkd.compare {' '.join(argv)}`" in table and f"on {TINY['train_length']} training crops" in table
     assert os.path.exists(os.path.join(out, "teacher.pt"))
     assert json.load(open(os.path.join(out, "config.json")))["max_iterations"] == TINY["max_iterations"]
     run_summary = json.load(open(os.path.join(out, "runs", "kd-s7", "summary.json")))
@@ -250,12 +250,14 @@ def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):
 def test_tune_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "QUICK", TINY)
     out = str(tmp_path / "tune")
-    argv = ["--tune", "--quick", "--methods", "kd", "--scales", "0.5", "2", "--seeds", "100", "--out-dir", out,
-            "--device", "cpu"]
+    argv = ["--tune", "--quick", "--methods", "kd", "--scales", "0.5", "2", "--rhos", "1", "--seeds", "100",
+            "--out-dir", out, "--device", "cpu"]
     assert compare.main(argv) == 0
     records = {r["row"]: r for r in read_results(os.path.join(out, "results.jsonl"))}
-    assert set(records) == {"none", "kd@x0.5", "kd@x2"}
+    assert set(records) == {"none", "kd@x0.5", "kd@x2", "kd-calibrated@rho1"}
     assert records["kd@x2"]["weights"]["lambda_kd"] == 2.0
+    assert records["kd-calibrated@rho1"]["grad_ratio"] == 1.0 and records["kd-calibrated@rho1"]["term_scales"]
     choice = json.load(open(os.path.join(out, "tuned.json")))
-    assert choice["kd"]["row"] in ("kd@x0.5", "kd@x2")
+    assert choice["kd"]["row"] in ("kd@x0.5", "kd@x2", "kd-calibrated@rho1")
+    assert set(choice["kd"]["by_knob"]) == {"scale", "rho"}
     assert "kd@x2" in open(os.path.join(out, "tuning.md")).read()
