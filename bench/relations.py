@@ -144,6 +144,7 @@ def measure(term: str, B: int, H: int, W: int, repeats: int, device: str, shapes
 
 # --- --providers: the relation computations themselves ------------------------------------------
 
+RELATIONS = ("minibatch_pixel", "memory_pixel")
 CIRKD_NEGATIVES = (4096 // 19 + 1) * 19  # pixel_contrast_size // K + 1 slots of each of K = 19 classes
 CONTRAST_TEMPERATURE, CONTRAST_KD_TEMPERATURE = 0.1, 1.0  # CIRKD's defaults
 # the chunked provider's similarities per block and network (frkd's CHUNK_ELEMENTS before the op)
@@ -299,9 +300,11 @@ def compare_providers(args, sizes) -> list[dict]:
     print(f"{'relation':16} {'H×W':>8} {'provider':30} {'median s':>9} {'first s':>8} {'peak MB':>8} "
           f"{'time x cirkd':>12} {'peak x cirkd':>12}")
     for H, W in sizes:
-        for relation in ("minibatch_pixel", "memory_pixel"):
+        for relation in args.relations:
             dense = None
             for provider in providers(relation, args.device):
+                if args.only and provider not in args.only and provider != "cirkd dense":
+                    continue
                 row = measure_provider(relation, provider, args.batch or 2, args.channels, H, W, args.repeats,
                                        args.device, args.threads, args.chunk_elements)
                 rows.append(row)
@@ -344,6 +347,10 @@ def main(argv=None) -> int:
                         "op, frkd::relation_kl per live backend) instead of the loss terms; sizes default to "
                         "32x64 64x128")
     p.add_argument("--channels", type=int, default=128, help="--providers: feature channels of both networks")
+    p.add_argument("--relations", nargs="+", default=list(RELATIONS), choices=RELATIONS,
+                   help="--providers: the relations to time (default: both)")
+    p.add_argument("--only", nargs="+", default=None, metavar="PROVIDER",
+                   help="--providers: time only these providers besides CIRKD's dense formula, e.g. 'op:cpu'")
     p.add_argument("--chunk-elements", type=int, default=None,
                    help="--providers: similarities per block of the chunked provider (default: CHUNK_ELEMENTS "
                         "of the device, 2^20 on CPU, 2^24 on GPU)")

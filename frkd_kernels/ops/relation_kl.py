@@ -169,7 +169,17 @@ def _backward_op(grad_loss, query_s, query_t, key_s, key_t, lse_s, lse_t, groups
     scale = grad_loss.to(rows[0].dtype).reshape(()) / mean_count(query_s.shape[0], groups)
     grad_query, grad_key = lib.recorded(OP + "_backward", backend)(scale, *rows, lse_s, lse_t, groups, temperature,
                                                                    need_key)
-    return grad_query.to(query_s.dtype), grad_key.to(query_s.dtype if key_s is None else key_s.dtype)
+    grad_key = _like(grad_key, key_s) if key_s is not None and need_key else grad_key.to(query_s.dtype)
+    return _like(grad_query, query_s), grad_key
+
+
+def _like(grad: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``grad`` with ``t``'s dtype and layout (itself when they already agree)."""
+    if grad.dtype == t.dtype and grad.stride() == t.stride():
+        return grad
+    out = torch.empty_like(t)
+    out.copy_(grad)
+    return out
 
 
 lib.register_routed(OP + "_forward", _forward)
