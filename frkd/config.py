@@ -27,7 +27,8 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join
 # PSPNet-ResNet-18 student whose pretrained backbone is frozen up to layer3 (layer4 trains) and whose heads
 # learn at 10× the LR, both from the pretext-pretrained backbones shipped by frkd.pretext; fixed images,
 # data seed 0; batch 16 at LR 0.02 as CIRKD's VOC scripts; the teacher trains 300 iterations, the student 80: its
-# handicap, which leaves at least 8 mIoU of headroom on every shipped backbone draw, docs/method.md "Backbone draws")
+# handicap, which leaves at least 8 mIoU of headroom on every shipped backbone draw, docs/method.md "Backbone draws");
+# validation at the table runs' 6 points (frkd.benchmark.eval_every(80) = 13)
 # on one intra-op thread (its tiny convolutions gain little from threads; on a busy CPU spinning OpenMP
 # threads cost far more than they give).
 # Cityscapes/VOC: CIRKD's recipes (align_corners and the post-dropout feature tap as CIRKD's code).
@@ -36,7 +37,7 @@ NO_PRETRAINED = "none"                   # --*-pretrained-base value: random ini
 DATASET_DEFAULTS = {
     "synthetic": dict(num_classes=7, crop_size=(128, 128), batch_size=16, max_iterations=80, teacher_iterations=300,
                       lr=0.02, width=8, teacher_width=8, teacher_backbone="resnet50", student_model="pspnet",
-                      student_frozen_stages=3, head_lr_mult=10.0, val_per_iters=20, save_per_iters=300,
+                      student_frozen_stages=3, head_lr_mult=10.0, val_per_iters=13, save_per_iters=300,
                       log_per_iters=10, workers=0, val_batch_size=8, eval_mode="whole",
                       threads=1, align_corners=False, feature_tap="pre-dropout", data_seed=0, train_length=1000,
                       val_length=100, student_pretrained_base=SYNTHETIC_PRETEXT,

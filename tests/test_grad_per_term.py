@@ -1,8 +1,6 @@
 """--distill-grad-per-term: the gradient calibration with a ρ per term (each distillation term's gradient
 on the student feature starts at ρ times the task loss's) instead of one ρ shared by the n terms."""
 import pytest
-
-import torch
 from test_calibration import feature_grad_norm, tiny_trainer
 from test_discriminator import teacher_file  # noqa: F401  (module fixture: a tiny trained teacher)
 
@@ -12,10 +10,9 @@ def test_each_term_starts_at_rho_or_its_share_of_rho(tmp_path, teacher_file, per
     ratio = 0.5
     trainer = tiny_trainer(tmp_path, teacher_file, grad_ratio=ratio, grad_per_term=per_term)
     images, labels = next(iter(trainer._train_loader()))
-    with torch.no_grad():
-        teacher_out = trainer.teacher(images)
-    task, distill, out = trainer.step(images, labels, teacher_out)
-    scales = trainer._calibrate(task, distill, out)
+    task, distilled, out = trainer.step(images, labels)
+    distill = distilled.terms
+    scales = trainer._calibrate(task, distill, out.feat)
     task_norm = feature_grad_norm(sum(task.values()), out.feat)
     share = 1 if per_term else len(distill)
     for name, term in distill.items():

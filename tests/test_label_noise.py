@@ -17,12 +17,13 @@ def dataset(noise, seed=0, length=20):
 
 
 def test_the_clean_generator_is_unchanged():
-    """The clean maps and images of data seed 0 hash as before the noise option existed (main at f8010e1)."""
+    """The clean maps and images of data seed 0 hash as before the noise option existed (benchmark v8: the red,
+    blue, green pairs of 70c73ac; the generator before v8 hashed 361ca3947ece828b)."""
     digest = hashlib.sha256()
     for i in range(20):
         image, label = dataset(0.0).load_pair(i)
         digest.update(np.asarray(image).tobytes() + label.tobytes())
-    assert digest.hexdigest()[:16] == "361ca3947ece828b"
+    assert digest.hexdigest()[:16] == "e228415eecfa0a9b"
 
 
 def test_a_fixed_fraction_of_maps_is_noisy_and_the_rest_is_clean():
