@@ -105,6 +105,9 @@ def _poisoning_new_empty(original):
 @pytest.fixture(autouse=True)
 def poison_frkd_allocations(monkeypatch):
     """Fill what frkd_kernels allocates with NaN / a sentinel for the duration of the test."""
+    # torch.distributed.init_process_group clears dynamo's table of torch functions (a DDP test): rebuild it
+    # from the real functions before they are swapped for wrappers (see the module's top)
+    torch._dynamo.trace_rules.get_torch_obj_rule_map()
     for name in ("empty", "empty_like", "empty_strided"):
         monkeypatch.setattr(torch, name, _poisoning(getattr(torch, name)))
     monkeypatch.setattr(torch.Tensor, "new_empty", _poisoning_new_empty(torch.Tensor.new_empty))
