@@ -17,7 +17,7 @@ def fit_and_save_critic(self):
     result = fit(self)
     if self.distill is not None:
         own = {id(p) for p in self.distill.discriminator_parameters()}
-        weights = {name: p.detach() for name, p in self.distill.named_parameters() if id(p) in own}
+        weights = {name: p.detach() for name, p in self.distill.loss.named_parameters() if id(p) in own}
         torch.save(weights, os.path.join(self.out_dir, f"critic_rank{self.env.rank}.pt"))
     return result
 
