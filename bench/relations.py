@@ -83,6 +83,22 @@ def _peak_bytes(device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_field("VmHWM")
 
 
+def _time_step(step, dev: torch.device, repeats: int) -> dict:
+    """{"first_s", "median_s", "peak_mb"} of ``step``: its first call (with the peak memory it adds), then the
+    median of ``repeats`` more."""
+    before = _reset_peak(dev)
+    started = time.perf_counter()
+    step()
+    first = time.perf_counter() - started
+    peak = _peak_bytes(dev) - before
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return {"first_s": first, "median_s": statistics.median(times) if times else first, "peak_mb": peak / 2 ** 20}
+
+
 def _measure(term: str, shapes: str, sizes: dict, B: int, H: int, W: int, repeats: int, device: str,
              threads: int | None, queue) -> None:
     if threads:
@@ -109,19 +125,7 @@ def _measure(term: str, shapes: str, sizes: dict, B: int, H: int, W: int, repeat
             torch.cuda.synchronize(dev)
 
     state = sum(t.numel() * t.element_size() for t in list(loss.parameters()) + list(loss.buffers()))
-    before = _reset_peak(dev)
-    started = time.perf_counter()
-    step()
-    first = time.perf_counter() - started
-    peak = _peak_bytes(dev) - before
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    queue.put({"term": term, "B": B, "H": H, "W": W, "first_s": first,
-               "median_s": statistics.median(times) if times else first, "peak_mb": peak / 2 ** 20,
-               "state_mb": state / 2 ** 20})
+    queue.put({"term": term, "B": B, "H": H, "W": W, **_time_step(step, dev, repeats), "state_mb": state / 2 ** 20})
 
 
 def _in_process(target, args: tuple, failed: dict) -> dict:
@@ -272,18 +276,8 @@ def _measure_provider(relation: str, provider: str, B: int, C: int, H: int, W: i
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    before = _reset_peak(dev)
-    started = time.perf_counter()
-    step()
-    first = time.perf_counter() - started
-    peak = _peak_bytes(dev) - before
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    queue.put({"relation": relation, "provider": provider, "B": B, "C": C, "H": H, "W": W, "first_s": first,
-               "median_s": statistics.median(times) if times else first, "peak_mb": peak / 2 ** 20})
+    queue.put({"relation": relation, "provider": provider, "B": B, "C": C, "H": H, "W": W,
+               **_time_step(step, dev, repeats)})
 
 
 def measure_provider(relation: str, provider: str, B: int, C: int, H: int, W: int, repeats: int, device: str,
