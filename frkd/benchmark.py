@@ -27,7 +27,9 @@ from .config import RunConfig, build_config
 TABLE_SEEDS = (0, 1, 2, 3, 4)
 TUNING_SEEDS = (100, 101, 102)
 TUNING_SCALES = (0.03, 0.1, 0.3, 1.0, 3.0)
-TUNING_RHOS = TUNING_SCALES
+# ρ of the calibration: below 0.3 the distillation starts under a third of the task gradient, and on v7 FRKD
+# at ρ = 0.03 and 0.1 gave none's mIoU (docs/method.md, "Tuning protocol")
+TUNING_RHOS = (0.3, 1.0, 3.0)
 # tuning knobs (a row's ``knob``): weights × scale, calibration with one shared ρ, calibration with a ρ per term
 KNOBS = {"scale": "weights × scale", "rho": "calibrated, one ρ shared by the terms",
          "rho-per-term": "calibrated, a ρ per term"}
@@ -150,7 +152,8 @@ def other_calibration_row(method: str) -> Row | None:
     if other is None:
         return None
     name = f"{method}-calibrated" if other["grad_ratio"] else f"{method}-no-calibration"
-    return Row(name, method, dict(other["options"]), grad_ratio=other["grad_ratio"])
+    return Row(name, method, dict(other["options"]), grad_ratio=other["grad_ratio"],
+               per_term=other.get("per_term", False))
 
 
 def scaled_weights(method: str, scale: float) -> dict:
@@ -189,10 +192,8 @@ def run_config(row: Row, *, seed: int, out_dir: str, quick: bool = False, device
     ``--resume auto``); ``fields`` override any config field (tests shrink the benchmark with them)."""
     base = dict(dataset="synthetic", method=row.method, options=dict(row.options), seed=seed, device=device,
                 threads=threads, out_dir=out_dir, resume="auto", teacher_ckpt=teacher_ckpt, workers=0)
-    if row.grad_ratio is not None:
-        base["grad_ratio"] = row.grad_ratio
-    if row.per_term:
-        base["grad_per_term"] = True
+    if row.grad_ratio is not None:  # the row's own calibration; None: the method's synthetic default
+        base.update(grad_ratio=row.grad_ratio, grad_per_term=row.per_term)
     if quick:
         base.update(QUICK)
     config = apply_regime(build_config(**{**base, **fields}), regime)

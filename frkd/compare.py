@@ -279,7 +279,7 @@ def write_report(args, out_dir: str, rows: list[Row], teacher: dict) -> str:
     bench = benchmark.run_config(Row("none", "none"), seed=0, out_dir=".", quick=args.quick, regime=args.regime,
                                  pretext_seed=args.pretext_seed)
     if args.tune:
-        choice = tuning_choice(results, rows)
+        choice = tuning_choice(results, rows, args.seeds)
         with open(os.path.join(out_dir, "tuned.json"), "w") as f:
             json.dump(choice, f, indent=2)
         text = tuning_markdown(results, rows, choice, teacher, bench)
@@ -328,7 +328,7 @@ def compare(args, out_dir: str) -> int:
     from .compare_report import append_result, read_results
     from .distributed import resolve_device
 
-    seeds = args.seeds or ([0] if args.quick else list(TUNING_SEEDS if args.tune else TABLE_SEEDS))
+    seeds = args.seeds = args.seeds or ([0] if args.quick else list(TUNING_SEEDS if args.tune else TABLE_SEEDS))
     if args.tune and set(seeds) & set(TABLE_SEEDS):
         raise ConfigError(f"--seeds: tuning must not use the table's seeds {list(TABLE_SEEDS)}, got {seeds}")
     if args.tune and args.regime != "main":

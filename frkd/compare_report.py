@@ -193,31 +193,32 @@ def table_markdown(results: list[dict], rows, teacher: dict, bench) -> str:
     return "\n".join(lines) + "\n"
 
 
-def tuning_choice(results: list[dict], rows) -> dict:
-    """Per method, the tuning row with the best mean mIoU over the seeds every candidate finished:
-    {method: {"row", "mean", "options", "grad_ratio", "per_term", "knob", "seeds", "by_knob"}}, ``knob`` the
-    chosen row's tuning knob (``frkd.benchmark.KNOBS``) and ``by_knob`` the best row and mean of each knob."""
+def tuning_choice(results: list[dict], rows, seeds) -> dict:
+    """Per method, the tuning row with the best mean mIoU over ``seeds`` (the tuning seeds) among the rows that
+    finished every one of them: {method: {"row", "mean", "options", "grad_ratio", "per_term", "knob", "seeds",
+    "by_knob", "unfinished"}}, ``knob`` the chosen row's tuning knob (``frkd.benchmark.KNOBS``), ``by_knob``
+    the best row and mean of each knob, ``unfinished`` the candidates left out (a run that failed, e.g.
+    diverged, or has not run yet: one such candidate does not shrink the seeds the others are compared on)."""
     runs = by_row(results)
+    seeds = sorted(seeds)
     candidates: dict[str, list] = {}
     for row in rows:
         if row.name != "none":
             candidates.setdefault(row.method, []).append(row)
     choice = {}
     for method, cands in candidates.items():
-        finished = [runs.get(row.name, {}) for row in cands]
-        if not all(finished):
+        complete = [row for row in cands if set(seeds) <= set(runs.get(row.name, {}))]
+        if not complete:
             continue
-        seeds = set.intersection(*(set(f) for f in finished))
-        if not seeds:
-            continue
-        scored = [(statistics.fmean(100 * runs[row.name][s]["miou"] for s in seeds), row) for row in cands]
+        scored = [(statistics.fmean(100 * runs[row.name][s]["miou"] for s in seeds), row) for row in complete]
         by_knob = {}
         for mean, row in scored:
             if row.knob not in by_knob or mean > by_knob[row.knob]["mean"]:
                 by_knob[row.knob] = {"row": row.name, "mean": mean}
         mean, row = max(scored, key=lambda x: x[0])
         choice[method] = {"row": row.name, "mean": mean, "options": row.options, "grad_ratio": row.grad_ratio,
-                          "per_term": row.per_term, "knob": row.knob, "seeds": sorted(seeds), "by_knob": by_knob}
+                          "per_term": row.per_term, "knob": row.knob, "seeds": seeds, "by_knob": by_knob,
+                          "unfinished": [row.name for row in cands if row not in complete]}
     return choice
 
 
@@ -246,7 +247,9 @@ def tuning_markdown(results: list[dict], rows, choice: dict, teacher: dict, benc
     lines += ["", "Knobs: " + "; ".join(f"{k}: {v}" for k, v in KNOBS.items()) + ".", "",
               "Chosen (best mean over the tuning seeds; bold above), with the best of each knob:"]
     lines += [f"- {m}: {c['row']} ({c['mean']:.2f}), knob {c['knob']}; " +
-              ", ".join(f"{k} {b['row']} {b['mean']:.2f}" for k, b in c["by_knob"].items()) for m, c in choice.items()]
+              ", ".join(f"{k} {b['row']} {b['mean']:.2f}" for k, b in c["by_knob"].items()) +
+              (f"; not finished on every tuning seed, left out: {', '.join(c['unfinished'])}" if c["unfinished"]
+               else "") for m, c in choice.items()]
     return "\n".join(lines) + "\n"
 
 

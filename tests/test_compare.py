@@ -177,13 +177,13 @@ def test_table_reports_paired_intervals_and_class_spread():
     assert f"gap: {60 - statistics.fmean(pct(none).values()):.2f}" in text
 
 
-def test_tuning_choice_takes_the_best_mean_over_shared_seeds():
+def test_tuning_choice_takes_the_best_mean_over_the_tuning_seeds():
     rows = benchmark.tuning_rows(["kd", "frkd"], scales=(0.1, 1.0), rhos=(0.1, 1.0))
     values = {"kd@x0.1": 0.5, "kd@x1": 0.6, "kd-calibrated@rho0.1": 0.55, "kd-calibrated@rho1": 0.59,
               "frkd@x0.1": 0.55, "frkd@x1": 0.52, "frkd-calibrated@rho0.1": 0.58, "frkd-calibrated@rho1": 0.57,
               "frkd-per-term@rho0.1": 0.59, "frkd-per-term@rho1": 0.4}
     results = [_record(name, s, v + 0.01 * (s - 100)) for name, v in values.items() for s in (100, 101)]
-    choice = tuning_choice(results, rows)
+    choice = tuning_choice(results, rows, (100, 101))
     assert choice["kd"]["row"] == "kd@x1" and choice["kd"]["mean"] == pytest.approx(60.5)
     assert choice["kd"]["knob"] == "scale" and choice["kd"]["by_knob"]["rho"]["row"] == "kd-calibrated@rho1"
     assert choice["frkd"]["row"] == "frkd-per-term@rho0.1" and choice["frkd"]["grad_ratio"] == 0.1
@@ -193,8 +193,18 @@ def test_tuning_choice_takes_the_best_mean_over_shared_seeds():
     text = tuning_markdown(results, rows, choice, {"name": "t", "miou": 0.6, "device": "cpu", "path": "/t.pt"},
                            benchmark.run_config(Row("none", "none"), seed=0, out_dir=".", **TINY))
     assert "- frkd: frkd-per-term@rho0.1 (59.50), knob rho-per-term;" in text
-    # a method with an unfinished candidate is not chosen yet
-    assert "kd" not in tuning_choice([r for r in results if r["row"] != "kd@x0.1"], rows)
+    # a candidate that failed on one seed (diverged) is left out and named; the others keep every seed
+    failed = [r for r in results if (r["row"], r["seed"]) != ("frkd-per-term@rho0.1", 101)]
+    frkd = tuning_choice(failed, rows, (100, 101))["frkd"]
+    assert frkd["row"] == "frkd-calibrated@rho0.1" and frkd["mean"] == pytest.approx(58.5)
+    assert frkd["seeds"] == [100, 101] and frkd["unfinished"] == ["frkd-per-term@rho0.1"]
+    assert "left out: frkd-per-term@rho0.1" in tuning_markdown(failed, rows, tuning_choice(failed, rows, (100, 101)),
+                                                               {"name": "t", "miou": 0.6, "device": "cpu",
+                                                                "path": "/t.pt"},
+                                                               benchmark.run_config(Row("none", "none"), seed=0,
+                                                                                    out_dir=".", **TINY))
+    # a method none of whose candidates finished every seed is not chosen
+    assert "kd" not in tuning_choice([r for r in results if r["row"].startswith("frkd")], rows, (100, 101))
 
 
 def test_compare_end_to_end_and_resume(tmp_path, monkeypatch):

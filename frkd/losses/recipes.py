@@ -129,8 +129,8 @@ RECIPES: dict[str, tuple[dict[str, Any], str]] = {
 # dataset -> recipe -> overrides: the only per-dataset loss defaults. voc: CIRKD's
 # train_scripts/train_cirkd/voc/*.sh; cirkdv2: scripts/train_cirkdv2/<dataset>/deeplabv3_resnet18.sh (voc, which
 # has no ResNet-18 row: its four MobileNetV3 scripts, all --lambda-fitnet 10); synthetic: chosen by the tuning
-# protocol (python -m frkd.compare --tune: every recipe's weights × {0.03, 0.1, 0.3, 1} on seeds 100-102, × 3 where
-# the best sat at × 1; benchmark v7; docs/method.md).
+# protocol (python -m frkd.compare --tune: every recipe's weights × {0.03, 0.1, 0.3, 1, 3}, or calibrated at
+# ρ ∈ {0.3, 1, 3} shared or per term, on seeds 100-102; benchmark v8; docs/method.md "Tuning protocol").
 CIRKDV2_SCRIPT = {"lambda_minibatch_channel": 1.0, "lambda_memory_channel": 0.1, "lambda_channel_kd": 100.0}
 DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "voc": {"cirkd": {"lambda_memory_pixel": 0.01, "lambda_memory_region": 0.01},
@@ -139,14 +139,14 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "ade20k": {"cirkdv2": {**CIRKDV2_SCRIPT, "lambda_fitnet": 1.0}},
     "coco_stuff_164k": {"cirkdv2": {**CIRKDV2_SCRIPT, "lambda_fitnet": 10.0}},
     "synthetic": {
-        "kd": {"lambda_kd": 0.3},                                                                  # × 0.3
+        "kd": {"lambda_kd": 0.03},                                                                 # × 0.03
         "cwd": {"lambda_kd": 0.1, "lambda_cwd_fea": 5.0, "lambda_cwd_logit": 0.3, "lambda_adv": 1e-04,
                 "d_width": 8},                                                                     # × 0.1
         "ifvd": {"lambda_kd": 0.03, "lambda_ifv": 0.6, "lambda_adv": 3e-05, "d_width": 8},         # × 0.03
-        "fitnet": {"lambda_kd": 0.3, "lambda_fitnet": 3.0},                                        # × 0.3
-        "cirkd": {                                                        # × 1 (CIRKD's weights)
+        "cirkd": {"lambda_kd": 0.03, "lambda_minibatch_pixel": 0.03, "lambda_memory_pixel": 0.003,
+                  "lambda_memory_region": 0.003,                                                   # × 0.03
                   # CIRKD's banks (20 000 / 2 000 per class) would still hold mostly their random initial
-                  # vectors when a 300-iteration run ends (≈ 75 pixels and 5 regions per object class and
+                  # vectors when a run ends (≈ 75 pixels and 5 regions per object class and
                   # iteration here); these fill in its first 13-21 iterations. Negatives ÷ 8 (16×16 pixels per image)
                   "pixel_memory_size": 1000, "region_memory_size": 100, "pixel_contrast_size": 512,
                   "region_contrast_size": 128},
@@ -156,7 +156,7 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 # dataset -> recipe -> gradient ratio ρ of the engine's calibration (frkd.engine, --distill-grad-ratio):
 # each distillation term is scaled once so that its gradient on the student feature starts at ρ/n of
 # the task loss's. Off (0) unless listed. Synthetic: chosen by the tuning protocol (docs/method.md).
-GRAD_RATIO_DEFAULTS: dict[str, dict[str, float]] = {"synthetic": {"frkd": 3.0}}
+GRAD_RATIO_DEFAULTS: dict[str, dict[str, float]] = {"synthetic": {"fitnet": 3.0, "frkd": 0.3}}  # CIRKD's weights
 # dataset -> recipe -> the best setting the tuning found with calibration the other way round from the
 # default ({"options": loss options, "grad_ratio": ρ, 0 = off}), for the benchmark's ablation row that
 # switches calibration (frkd.benchmark: "frkd-no-calibration" or "frkd-calibrated").
