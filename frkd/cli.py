@@ -10,7 +10,7 @@ import argparse
 
 from .config import (AMP_CHOICES, BACKBONES, DATASET_DEFAULTS, DATASETS, EVAL_MODES, FEATURE_TAPS, FIELD_SECTION,
                      MODEL_BACKBONES, MODELS, NO_PRETRAINED, SYNTHETIC_PRETEXT, RunConfig, resolve)
-from .losses.recipes import OPTIONS
+from .losses.recipes import GRAD_RATIO_DEFAULTS, OPTIONS
 
 # argparse dest -> config field, where the names differ
 DEST_FIELDS = {"data": "root", "teacher_pretrained": "teacher_ckpt"}
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill-grad-ratio", dest="grad_ratio", type=float, default=None, metavar="RHO",
                    help="scale each distillation term once, on the first batch, so that its gradient on the student "
                         "feature is RHO/n times the task loss's (n terms); 0 = off; no CIRKD counterpart (default: "
-                        "synthetic frkd: the tuned ratio, otherwise off)")
+                        + "; ".join(f"{dataset} {m} {r:g}" for dataset, by in GRAD_RATIO_DEFAULTS.items() for m, r in by.items())
+                        + " (the tuned ratios); otherwise off)")
     g.add_argument("--distill-grad-per-term", dest="grad_per_term", action="store_true", default=None,
                    help="with --distill-grad-ratio: each term's gradient starts at RHO times the task loss's (a RHO "
                         "per term), not RHO/n (default: off)")

@@ -284,31 +284,47 @@ def gains_chart(results: list[dict], rows, teacher: dict, path: str) -> None:
 
 
 def curves_chart(results: list[dict], rows, teacher: dict, path: str) -> bool:
-    """Mean validation mIoU over the seeds at each evaluated iteration, per row, with its 95% t-interval as a
-    band; FRKD's ablations dashed, the teacher dotted. False when no run has a curve."""
+    """Left: mean validation mIoU over the seeds at each evaluated iteration, per row, with its 95% t-interval
+    as a band (FRKD's ablations dashed, the teacher dotted). Right: each method's paired difference to ``none``
+    at each evaluation (mean over the shared seeds, 95% t-interval band), which the seeds' shared variation
+    does not widen. False when no run has a curve."""
     runs = by_row(results)
     shown = [row for row in rows if any(r.get("curve") for r in runs.get(row.name, {}).values())]
     if not shown:
         return False
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, (ax, diff) = plt.subplots(1, 2, figsize=(13, 4.8))
+    none = {seed: curve_of(r) for seed, r in runs.get("none", {}).items() if r.get("curve")}
     for i, row in enumerate(shown):
-        curves = [curve_of(r) for r in runs[row.name].values() if r.get("curve")]
-        iterations = sorted(set.intersection(*(set(c) for c in curves)))
-        stats = [mean_interval([c[it] for c in curves]) for it in iterations]
+        curves = {seed: curve_of(r) for seed, r in runs[row.name].items() if r.get("curve")}
+        iterations = sorted(set.intersection(*(set(c) for c in curves.values())))
+        stats = [mean_interval([c[it] for c in curves.values()]) for it in iterations]
         main = row.name == row.method
-        line, = ax.plot(iterations, [d.mean for d in stats], color=f"C{i % 10}", ls="-" if main else "--",
-                        lw=1.8 if row.name in ("none", "frkd") else 1.1, marker="o" if main else None, ms=3,
-                        label=f"{row.name} (n={len(curves)})")
+        style = dict(color=plt.get_cmap("tab20")(i % 20), ls="-" if main else "--",
+                     lw=1.8 if row.name in ("none", "frkd") else 1.1, marker="o" if main else None, ms=3)
+        line, = ax.plot(iterations, [d.mean for d in stats], label=f"{row.name} (n={len(curves)})", **style)
         if len(curves) > 1:
             ax.fill_between(iterations, [d.low for d in stats], [d.high for d in stats], color=line.get_color(),
-                            alpha=0.12, lw=0)
+                            alpha=0.10, lw=0)
+        paired = [seed for seed in curves if seed in none]
+        if row.name == "none" or not main or len(paired) < 2:  # the methods only: the ablations overlap FRKD
+            continue
+        shared = [it for it in iterations if all(it in none[seed] for seed in paired)]
+        gaps = [mean_interval([curves[seed][it] - none[seed][it] for seed in paired]) for it in shared]
+        diff.plot(shared, [d.mean for d in gaps], **style)
+        diff.fill_between(shared, [d.low for d in gaps], [d.high for d in gaps], color=line.get_color(), alpha=0.10,
+                          lw=0)
     ax.axhline(100 * teacher["miou"], color="0.3", ls=":", lw=1, label=f"teacher {100 * teacher['miou']:.1f}")
     ax.set_xlabel("student iteration")
     ax.set_ylabel("val mIoU (%)")
     ax.set_title("mean over seeds; bands: 95% t-interval of the mean", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
+    diff.axhline(0, color="k", lw=0.8)
+    diff.set_xlabel("student iteration")
+    diff.set_ylabel("mIoU − none (points)")
+    diff.set_title("each method − none, paired over the shared seeds; bands: 95% t-interval", fontsize=9)
+    diff.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -58,7 +58,7 @@ def test_each_ablation_switches_off_exactly_its_own_part():
 def test_tuning_rows_scale_every_distillation_weight_of_the_recipe():
     from frkd.losses.recipes import recipe_options
 
-    rows = benchmark.tuning_rows(["ifvd", "frkd"], scales=(0.1, 3.0))
+    rows = benchmark.tuning_rows(["ifvd", "frkd"], scales=(0.1, 3.0), rhos=(0.1, 1.0))
     by_name = {r.name: r for r in rows}
     assert rows[0].name == "none"
     ifvd = recipe_options("ifvd")
