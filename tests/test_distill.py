@@ -220,20 +220,29 @@ def test_compiled_student():
         assert torch.allclose(out.loss, expected.loss, atol=1e-6)
 
 
+def distil_through_ddp() -> None:
+    student, teacher = pair()
+    wrapped = nn.parallel.DistributedDataParallel(student)
+    d = Distiller(wrapped, teacher, "fitnet", num_classes=K, **PATHS)  # paths of the inner module
+    out = d(*batch())
+    ce = out.student.float().mean()
+    (ce + out.loss).backward()
+    assert student.embed.weight.grad is not None
+    assert all(p.grad is not None for p in d.parameters())
+
+
 def test_ddp_student(tmp_path):
+    import gc
+
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:
-        student, teacher = pair()
-        wrapped = nn.parallel.DistributedDataParallel(student)
-        d = Distiller(wrapped, teacher, "fitnet", num_classes=K, **PATHS)  # paths of the inner module
-        out = d(*batch())
-        ce = out.student.float().mean()
-        (ce + out.loss).backward()
-        assert student.embed.weight.grad is not None
-        assert all(p.grad is not None for p in d.parameters())
+        distil_through_ddp()
     finally:
+        # DDP's reducer must go before the group: freed after it, it drops the group's last reference while
+        # holding the GIL, and the group's destructor waits for gloo's thread, which waits for the GIL
+        gc.collect()
         dist.destroy_process_group()
 
 
