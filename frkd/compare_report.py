@@ -306,13 +306,14 @@ def curves_chart(results: list[dict], rows, teacher: dict, path: str) -> bool:
             ax.fill_between(iterations, [d.low for d in stats], [d.high for d in stats], color=line.get_color(),
                             alpha=0.10, lw=0)
         paired = [seed for seed in curves if seed in none]
-        if row.name == "none" or not main or len(paired) < 2:  # the methods only: the ablations overlap FRKD
+        if row.name == "none" or not main or not paired:  # the methods only: the ablations overlap FRKD
             continue
         shared = [it for it in iterations if all(it in none[seed] for seed in paired)]
         gaps = [mean_interval([curves[seed][it] - none[seed][it] for seed in paired]) for it in shared]
         diff.plot(shared, [d.mean for d in gaps], **style)
-        diff.fill_between(shared, [d.low for d in gaps], [d.high for d in gaps], color=line.get_color(), alpha=0.10,
-                          lw=0)
+        if len(paired) > 1:
+            diff.fill_between(shared, [d.low for d in gaps], [d.high for d in gaps], color=line.get_color(),
+                              alpha=0.10, lw=0)
     ax.axhline(100 * teacher["miou"], color="0.3", ls=":", lw=1, label=f"teacher {100 * teacher['miou']:.1f}")
     ax.set_xlabel("student iteration")
     ax.set_ylabel("val mIoU (%)")
