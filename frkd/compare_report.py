@@ -292,6 +292,9 @@ def curves_chart(results: list[dict], rows, teacher: dict, path: str) -> bool:
     shown = [row for row in rows if any(r.get("curve") for r in runs.get(row.name, {}).values())]
     if not shown:
         return False
+    from .benchmark import table_rows
+
+    canonical = [row.name for row in table_rows()]  # a row keeps its colour in every table
     fig, (ax, diff) = plt.subplots(1, 2, figsize=(13, 4.8))
     none = {seed: curve_of(r) for seed, r in runs.get("none", {}).items() if r.get("curve")}
     for i, row in enumerate(shown):
@@ -299,7 +302,8 @@ def curves_chart(results: list[dict], rows, teacher: dict, path: str) -> bool:
         iterations = sorted(set.intersection(*(set(c) for c in curves.values())))
         stats = [mean_interval([c[it] for c in curves.values()]) for it in iterations]
         main = row.name == row.method
-        style = dict(color=plt.get_cmap("tab20")(i % 20), ls="-" if main else "--",
+        colour = canonical.index(row.name) if row.name in canonical else len(canonical) + i
+        style = dict(color=plt.get_cmap("tab20")(colour % 20), ls="-" if main else "--",
                      lw=1.8 if row.name in ("none", "frkd") else 1.1, marker="o" if main else None, ms=3)
         line, = ax.plot(iterations, [d.mean for d in stats], label=f"{row.name} (n={len(curves)})", **style)
         if len(curves) > 1:
