@@ -63,7 +63,7 @@ setup(
     description="Fused kernels and a trainer for feature-refine knowledge distillation in semantic segmentation",
     packages=find_packages(include=["frkd_kernels", "frkd_kernels.*", "frkd", "frkd.*", "bench", "bench.*"]),
     # the synthetic benchmark's shipped pretext backbones (frkd.pretext)
-    package_data={"frkd": ["pretext_weights/*.pth", "pretext_weights/MANIFEST.json"]},
+    package_data={"frkd": ["pretext_weights/MANIFEST.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "numpy"],
     extras_require={

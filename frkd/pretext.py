@@ -1,4 +1,4 @@
-"""The synthetic benchmark's pretrained backbones: a pretext task of the generator, learnt once and shipped.
+"""The synthetic benchmark's pretrained backbones: a pretext task of the generator, learnt once per machine.
 
 Real protocols start every student from the same ImageNet weights; training tiny networks from
 scratch makes runs bistable (a class learnt or not). This module mirrors ImageNet pretraining
@@ -12,17 +12,17 @@ is pretrained for fewer iterations than the teacher's ResNet-50 (``PRETEXT_ITERA
 
 A build is a pure function of its recipe on one machine (one thread: two builds are bit-for-bit
 equal), but its bits follow the CPU's instruction set (AVX-512, AVX2, ... take other rounding paths),
-and a benchmark built on other bits is another benchmark. So the backbones of the benchmark's draws
-(``SHIPPED``: pretext seeds 0, 1, 2 of the default widths) are built once and shipped in
-``frkd/pretext_weights/`` with ``MANIFEST.json`` (recipe, file and tensor hashes, the machine that
-built them), and loaded from there as ImageNet weights would be. A recipe that is not shipped is
-built on first use into the cache (``$FRKD_CACHE``, else ``~/.cache/frkd``), and says so while it
-builds. Files are named ``synthetic-pretext-<backbone>-w<width>-<recipe hash>.pth``: torchvision-named
+and a benchmark built on other bits is another benchmark. A backbone is built on first use into the
+cache (``$FRKD_CACHE``, else ``~/.cache/frkd``), saying so while it builds; no weights are kept in the
+repository. The reference builds of the benchmark's draws (``SHIPPED``: pretext seeds 0, 1, 2 of the
+default widths), those the README's tables were measured with, are recorded in
+``frkd/pretext_weights/MANIFEST.json`` (recipe, tensor hash, the machine that built them); a build of
+one of them says whether it has the reference bits. Files are named ``synthetic-pretext-<backbone>-w<width>-<recipe hash>.pth``: torchvision-named
 state dicts that ``--student-pretrained-base`` / ``--teacher-pretrained-base`` load strictly.
 
-    python -m frkd.pretext --backbone resnet18 --width 8            # the path (builds it if neither shipped nor cached)
-    python -m frkd.pretext --backbone resnet18 --width 8 --rebuild  # rebuild here; compare with the shipped bits
-    python -m frkd.pretext --ship                                   # (maintainers) build SHIPPED into frkd/pretext_weights
+    python -m frkd.pretext --backbone resnet18 --width 8            # the path (builds it if not cached)
+    python -m frkd.pretext --backbone resnet18 --width 8 --rebuild  # rebuild here; compare with the reference bits
+    python -m frkd.pretext --ship                                   # (maintainers) build SHIPPED, record the reference
 """
 from __future__ import annotations
 
@@ -113,12 +113,12 @@ def pretrain_backbone(recipe: dict, progress=None) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in backbone.state_dict().items()}
 
 
-SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretext_weights")
-MANIFEST = os.path.join(SHIPPED_DIR, "MANIFEST.json")
-# the shipped recipes: the benchmark's two backbones at its width, for its three draws (pretext seeds;
-# seed 0 is the headline draw, docs/method.md "Backbone draws")
+REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretext_weights")
+MANIFEST = os.path.join(REFERENCE_DIR, "MANIFEST.json")
+# the recipes with a reference build: the benchmark's two backbones at its width, for its three draws (pretext
+# seeds; seed 0 is the headline draw, docs/method.md "Backbone draws")
 SHIPPED = tuple((backbone, 8, seed) for seed in (0, 1, 2) for backbone in ("resnet18", "resnet50"))
-# seconds per pretext iteration at width 8, batch 8, 128×128 on one thread, measured when the shipped backbones
+# seconds per pretext iteration at width 8, batch 8, 128×128 on one thread, measured when the reference backbones
 # were built (Intel Xeon, busy 2-core machine: ResNet-18 31 s for 250, ResNet-50 506 s for 1200; ResNet-101
 # estimated): the estimate a first build prints
 SECONDS_PER_ITERATION = {"resnet18": 0.13, "resnet50": 0.42, "resnet101": 0.7}
@@ -129,7 +129,7 @@ def backbone_file_name(recipe: dict) -> str:
 
 
 def read_manifest() -> dict:
-    """{file name: {"recipe", "state_hash", "built_on", "build_seconds"}} of the shipped backbones."""
+    """{file name: {"recipe", "state_hash", "built_on", "build_seconds"}} of the reference builds."""
     if not os.path.exists(MANIFEST):
         return {}
     with open(MANIFEST) as f:
@@ -175,42 +175,42 @@ def save_atomic(state: dict, path: str) -> None:
 
 def pretext_backbone_path(backbone: str, width: int, cache_dir: str | None = None, *, verbose: bool = True,
                           **overrides) -> str:
-    """The file of the pretext backbone for (backbone, width, recipe overrides, e.g. ``seed=1``): the shipped one,
-    else the cached one, else built now into the cache (saying what, why and about how long)."""
+    """The file of the pretext backbone for (backbone, width, recipe overrides, e.g. ``seed=1``): the cached one,
+    else built now into the cache (saying what, why and about how long, then whether it has the reference bits)."""
     recipe = pretext_recipe(backbone, width, **overrides)
     name = backbone_file_name(recipe)
-    shipped = os.path.join(SHIPPED_DIR, name)
-    if os.path.exists(shipped):
-        return shipped
     cache_dir = cache_dir or default_cache_dir()
     path = os.path.join(cache_dir, name)
     if not os.path.exists(path):
         os.makedirs(cache_dir, exist_ok=True)
         if verbose:
             print(f"frkd: building the synthetic pretext backbone {backbone} (width {width}, pretext seed "
-                  f"{recipe['seed']}, {recipe['iterations']} iterations) into {cache_dir}: this recipe is not shipped "
-                  f"with frkd, so it is built once here; about {estimated_build_seconds(recipe):.0f} s on one thread",
-                  file=sys.stderr, flush=True)
+                  f"{recipe['seed']}, {recipe['iterations']} iterations) into {cache_dir}: it is built once, on first "
+                  f"use; about {estimated_build_seconds(recipe):.0f} s on one thread", file=sys.stderr, flush=True)
         state, _ = build_backbone(recipe, verbose)
         save_atomic(state, path)
+        if verbose and name in read_manifest():
+            print("frkd: " + compare_with_reference(state, name), file=sys.stderr, flush=True)
         with open(path[: -len(".pth")] + ".json", "w") as f:
             json.dump(recipe, f, indent=1)
     return path
 
 
-def ship(shipped=SHIPPED) -> dict:
-    """(Maintainers) builds every shipped recipe into ``SHIPPED_DIR`` and writes the manifest; returns it."""
+def ship(shipped=SHIPPED, cache_dir: str | None = None) -> dict:
+    """(Maintainers) builds every ``SHIPPED`` recipe into the cache and records them as the reference builds
+    (``MANIFEST``); returns the manifest."""
     from .provenance import machine, state_hash
 
-    os.makedirs(SHIPPED_DIR, exist_ok=True)
+    cache_dir = cache_dir or default_cache_dir()
+    os.makedirs(cache_dir, exist_ok=True)
     manifest = {}
     for backbone, width, seed in shipped:
         recipe = pretext_recipe(backbone, width, seed=seed)
-        print(f"frkd: building {backbone} (width {width}, pretext seed {seed}) for {SHIPPED_DIR}", file=sys.stderr,
+        print(f"frkd: building {backbone} (width {width}, pretext seed {seed}) into {cache_dir}", file=sys.stderr,
               flush=True)
         state, seconds = build_backbone(recipe)
         name = backbone_file_name(recipe)
-        save_atomic(state, os.path.join(SHIPPED_DIR, name))
+        save_atomic(state, os.path.join(cache_dir, name))
         manifest[name] = {"recipe": recipe, "state_hash": state_hash(state), "built_on": machine(),
                           "build_seconds": round(seconds, 1)}
     with open(MANIFEST, "w") as f:
@@ -219,24 +219,21 @@ def ship(shipped=SHIPPED) -> dict:
     return manifest
 
 
-def compare_with_shipped(state: dict[str, torch.Tensor], name: str) -> str:
-    """One paragraph: how a local build of a shipped recipe differs from the shipped file, and on which machines."""
+def compare_with_reference(state: dict[str, torch.Tensor], name: str) -> str:
+    """One paragraph: whether a local build of a reference recipe has the reference bits, and on which machines."""
     from .provenance import machine, state_hash
 
     entry = read_manifest().get(name)
     if entry is None:
-        return f"{name} is not shipped: nothing to compare with"
-    shipped = torch.load(os.path.join(SHIPPED_DIR, name), map_location="cpu", weights_only=True)
-    equal = sum(torch.equal(state[k], shipped[k]) for k in shipped)
-    largest = max(float((state[k].double() - shipped[k].double()).abs().max()) if state[k].numel() else 0.0
-                  for k in shipped)
+        return f"{name} has no reference build: nothing to compare with"
     here, there = machine(), entry["built_on"]
     same = state_hash(state) == entry["state_hash"]
-    return (f"{'identical to' if same else 'differs from'} the shipped {name}: {equal} of {len(shipped)} tensors equal, "
-            f"largest |difference| {largest:.3g}\n"
+    verdict = ("has the reference bits: the README's numbers apply" if same else
+               "differs from the reference build: the README's benchmark numbers do not apply to it (another draw)")
+    return (f"{name} {verdict} (tensor hash {state_hash(state)}, reference {entry['state_hash']})\n"
             f"  this build: {here['cpu']}, torch CPU capability {here['cpu_capability']}, torch {here['torch']}"
             f"{', ' + str(here['isa_environment']) if here['isa_environment'] else ''}\n"
-            f"  shipped:    {there['cpu']}, torch CPU capability {there['cpu_capability']}, torch {there['torch']}"
+            f"  reference:  {there['cpu']}, torch CPU capability {there['cpu_capability']}, torch {there['torch']}"
             f"{', ' + str(there['isa_environment']) if there['isa_environment'] else ''}")
 
 
@@ -244,20 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m frkd.pretext", description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default="resnet18", choices=tuple(PRETEXT_ITERATIONS))
     p.add_argument("--width", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0, help="pretext seed: the benchmark draw (shipped: 0, 1, 2)")
+    p.add_argument("--seed", type=int, default=0, help="pretext seed: the benchmark draw (with a reference build: 0, 1, 2)")
     p.add_argument("--cache-dir", default=None, help="default: $FRKD_CACHE, else ~/.cache/frkd")
     p.add_argument("--rebuild", action="store_true",
                    help="build the recipe here (into the cache dir, as <name>.rebuilt.pth) and compare it with the "
-                        "shipped file")
-    p.add_argument("--ship", action="store_true", help="(maintainers) build every shipped recipe into "
-                                                       "frkd/pretext_weights and write its MANIFEST.json")
+                        "reference build")
+    p.add_argument("--ship", action="store_true", help="(maintainers) build the benchmark's recipes into the cache "
+                                                       "and record them as the reference (MANIFEST.json)")
     args = p.parse_args(argv)
     if args.width < 1:
         p.error(f"--width must be >= 1, got {args.width}")
     if args.seed < 0:
         p.error(f"--seed must be >= 0, got {args.seed}")
     if args.ship:
-        for name, entry in ship().items():
+        for name, entry in ship(cache_dir=args.cache_dir).items():
             print(f"{name}: state {entry['state_hash']} ({entry['build_seconds']} s)")
         return 0
     if args.rebuild:
@@ -269,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(cache_dir, exist_ok=True)
         path = os.path.join(cache_dir, backbone_file_name(recipe)[: -len(".pth")] + ".rebuilt.pth")
         save_atomic(state, path)
-        print(f"built {path} in {seconds:.0f} s; " + compare_with_shipped(state, backbone_file_name(recipe)))
+        print(f"built {path} in {seconds:.0f} s; " + compare_with_reference(state, backbone_file_name(recipe)))
         return 0
     print(pretext_backbone_path(args.backbone, args.width, args.cache_dir, seed=args.seed))
     return 0

@@ -86,61 +86,45 @@ def test_pretext_shapes_are_not_benchmark_shapes():
     assert not set(PRETEXT_SHAPES) & benchmark_shapes
 
 
-def test_shipped_backbones_match_their_recipes_and_manifest():
+def test_reference_builds_match_todays_recipes():
     manifest = pretext.read_manifest()
     expected = {pretext.backbone_file_name(pretext_recipe(b, w, seed=s)): (b, w, s) for b, w, s in pretext.SHIPPED}
-    # every shipped recipe of today's code has its file, and nothing else is shipped: a changed recipe (PRETEXT,
-    # PRETEXT_ITERATIONS, GENERATOR_VERSION) changes the name and fails here until the backbones are re-shipped
+    # every reference recipe of today's code is recorded, and nothing else: a changed recipe (PRETEXT,
+    # PRETEXT_ITERATIONS, GENERATOR_VERSION) changes the name and fails here until the reference is rebuilt
     assert set(manifest) == set(expected)
-    assert sorted(os.listdir(pretext.SHIPPED_DIR)) == sorted([*manifest, "MANIFEST.json"])
+    assert sorted(os.listdir(pretext.REFERENCE_DIR)) == ["MANIFEST.json"]  # no weights in the repository
     for name, (backbone, width, seed) in expected.items():
-        entry = manifest[name]
-        assert entry["recipe"] == pretext_recipe(backbone, width, seed=seed)
-        path = os.path.join(pretext.SHIPPED_DIR, name)
-        assert file_state_hash(path) == entry["state_hash"]
-        load_backbone_weights(DilatedResNet(backbone, width), path)  # strict: every key and shape
+        assert manifest[name]["recipe"] == pretext_recipe(backbone, width, seed=seed)
 
 
-def test_shipped_backbone_is_used_without_building(tmp_path, monkeypatch):
-    def no_build(*args, **kwargs):
-        raise AssertionError("a shipped backbone was rebuilt")
-
-    monkeypatch.setattr(pretext, "pretrain_backbone", no_build)
-    for backbone, width, seed in pretext.SHIPPED:
-        path = pretext_backbone_path(backbone, width, str(tmp_path / "cache"), seed=seed)
-        assert os.path.dirname(path) == pretext.SHIPPED_DIR
-    assert not (tmp_path / "cache").exists()
-
-
-def test_a_build_that_is_not_shipped_says_what_why_and_how_long(tmp_path, capsys, one_thread):
+def test_a_first_build_says_what_why_and_how_long(tmp_path, capsys, one_thread):
     path = pretext_backbone_path("resnet18", 2, str(tmp_path), **TINY)
     err = capsys.readouterr().err
     assert os.path.dirname(path) == str(tmp_path)
     assert "building the synthetic pretext backbone resnet18 (width 2, pretext seed 0, 3 iterations)" in err
-    assert "not shipped" in err and "about" in err and "3/3 iterations" in err
+    assert "built once, on first use" in err and "about" in err and "3/3 iterations" in err
     pretext_backbone_path("resnet18", 2, str(tmp_path), **TINY)
     assert capsys.readouterr().err == ""  # cached: silent
 
 
-def test_rebuild_reports_how_it_differs_from_the_shipped_file(tmp_path, monkeypatch, one_thread):
-    # stand-in shipped files: the tiny recipe built here, once as is and once with one tensor nudged, as another
+def test_a_build_says_whether_it_has_the_reference_bits(tmp_path, monkeypatch, capsys, one_thread):
+    # stand-in reference: the tiny recipe built here, once as is and once with one tensor nudged, as another
     # machine's bits would be
     recipe = pretext_recipe("resnet18", 2, **TINY)
     name = pretext.backbone_file_name(recipe)
-    monkeypatch.setattr(pretext, "SHIPPED_DIR", str(tmp_path))
     monkeypatch.setattr(pretext, "MANIFEST", str(tmp_path / "MANIFEST.json"))
 
-    def ship_stand_in(state):
-        torch.save(state, tmp_path / name)
+    def reference(state):
         (tmp_path / "MANIFEST.json").write_text(json.dumps(
             {name: {"recipe": recipe, "state_hash": state_hash(state), "built_on": machine()}}))
 
     built = pretrain_backbone(recipe)
-    ship_stand_in(built)
-    assert pretext.compare_with_shipped(pretrain_backbone(recipe), name).startswith(
-        f"identical to the shipped {name}: {len(built)} of {len(built)} tensors equal, largest |difference| 0")
-    ship_stand_in({**built, "conv1.weight": built["conv1.weight"] + 1e-3})
-    report = pretext.compare_with_shipped(pretrain_backbone(recipe), name)
-    assert report.startswith(f"differs from the shipped {name}: {len(built) - 1} of {len(built)} tensors equal, "
-                             "largest |difference| 0.001")
+    reference(built)
+    assert pretext.compare_with_reference(pretrain_backbone(recipe), name).startswith(
+        f"{name} has the reference bits")
+    pretext_backbone_path("resnet18", 2, str(tmp_path / "cache"), **TINY)
+    assert f"{name} has the reference bits" in capsys.readouterr().err  # said by the first build
+    reference({**built, "conv1.weight": built["conv1.weight"] + 1e-3})
+    report = pretext.compare_with_reference(pretrain_backbone(recipe), name)
+    assert report.startswith(f"{name} differs from the reference build")
     assert machine()["cpu"] in report and "torch CPU capability" in report
