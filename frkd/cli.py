@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageNet ResNet .pth for the student backbone, CIRKD --student-pretrained-base; "
                         f"'{SYNTHETIC_PRETEXT}' or '{NO_PRETRAINED}' as above ({d('student_pretrained_base')})")
     g.add_argument("--pretext-seed", type=int, default=None, metavar="S",
-                   help=f"which draw of the '{SYNTHETIC_PRETEXT}' backbones: their pretext seed (0, 1 and 2 are "
-                        "shipped; another is built once and cached; default: 0)")
+                   help=f"which draw of the '{SYNTHETIC_PRETEXT}' backbones: their pretext seed (built once on "
+                        "first use and cached; 0, 1 and 2 have reference builds, the README's draws; default: 0)")
     g.add_argument("--student-frozen-stages", type=int, default=None, metavar="N",
                    help="freeze the student backbone's stem and layer1..layerN (no gradients, BatchNorms in eval "
                         f"mode), mmseg's ResNet frozen_stages; -1 freezes nothing ({d('student_frozen_stages')})")

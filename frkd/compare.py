@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     p.add_argument("--pretext-seed", type=int, default=0,
-                   help="the draw of the pretext backbones that the teacher and every student start from (shipped: "
-                        "0, the headline draw, and 1, 2; docs/method.md 'Backbone draws')")
+                   help="the draw of the pretext backbones that the teacher and every student start from (built once "
+                        "and cached; 0, the headline draw, and 1, 2 have reference builds; docs/method.md 'Backbone draws')")
     return p
 
 

@@ -25,9 +25,9 @@ RUN_FILES = ("metrics.jsonl", "summary.json", "last.pt", "best.pt", os.path.join
 # Synthetic: the benchmark of ``python -m frkd.compare`` (docs/method.md "Synthetic benchmark": 7 classes
 # of colour pairs × solid/holed objects at 128×128, a width-8 DeepLabV3-ResNet-50 teacher, a width-8
 # PSPNet-ResNet-18 student whose pretrained backbone is frozen up to layer3 (layer4 trains) and whose heads
-# learn at 10× the LR, both from the pretext-pretrained backbones shipped by frkd.pretext; fixed images,
+# learn at 10× the LR, both from the pretext-pretrained backbones of frkd.pretext; fixed images,
 # data seed 0; batch 16 at LR 0.02 as CIRKD's VOC scripts; the teacher trains 300 iterations, the student 80: its
-# handicap, which leaves at least 8 mIoU of headroom on every shipped backbone draw, docs/method.md "Backbone draws");
+# handicap, which leaves at least 8 mIoU of headroom on every reference backbone draw, docs/method.md "Backbone draws");
 # validation at the table runs' 6 points (frkd.benchmark.eval_every(80) = 13)
 # on one intra-op thread (its tiny convolutions gain little from threads; on a busy CPU spinning OpenMP
 # threads cost far more than they give).

@@ -84,8 +84,8 @@ def teacher_model_config(config: RunConfig) -> dict:
 
 def pretrained_base_path(value: str | None, backbone: str, width: int, pretext_seed: int = 0) -> str | None:
     """The backbone weights file of a ``--*-pretrained-base`` value: a path, ``synthetic-pretext`` (the
-    synthetic benchmark's pretext backbone for this backbone, width and draw: shipped, or built once and
-    cached: frkd.pretext), or None / ``none`` for random initialisation."""
+    synthetic benchmark's pretext backbone for this backbone, width and draw: built once and
+    cached, frkd.pretext), or None / ``none`` for random initialisation."""
     if value in (None, NO_PRETRAINED):
         return None
     if value == SYNTHETIC_PRETEXT:
